@@ -1,0 +1,3 @@
+"""strata: train GNNs and diffusion models on graphs and data sets that outgrow one machine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,21 @@
+"""Errors meant for people: each says what was expected, what was found and what to do."""
+
+
+class StrataError(Exception):
+    """Base class of every error strata raises on purpose."""
+
+
+class StoreError(StrataError):
+    """A dataset store is missing, incomplete, corrupt or of the wrong shape."""
+
+
+class IngestError(StrataError):
+    """Raw input cannot be turned into a dataset store."""
+
+
+class ConfigError(StrataError):
+    """A configuration file has an unknown key or a bad value."""
+
+
+class CheckpointError(StrataError):
+    """A checkpoint is missing, incomplete or does not fit the run."""

@@ -1,0 +1,49 @@
+"""`strata train`: train from a YAML job config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model from a YAML config",
+        description="Train the model a YAML job config describes. The config is validated before "
+        "anything runs: an unknown key or a bad value is an error naming the key. See README.md "
+        "(Config reference) and examples/.",
+    )
+    p.add_argument("config", help="path or URL of the YAML job config")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint, if any")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.seed=3 (repeatable)",
+    )
+    p.add_argument("--json", action="store_true", help="print the final result as one JSON object")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from strata.launch.cli import show_progress
+    from strata.launch.job import load_job
+    from strata.runtime.trainer import train_node_classifier
+
+    job = load_job(args.config, args.overrides)
+    result = train_node_classifier(
+        job.data, job.model, job.train, job.checkpoint, job.metrics,
+        run_dir=job.run_dir, resume=args.resume, progress=show_progress(args),
+    )
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        print(
+            f"done: {result.epochs} epochs, {result.steps} steps; best epoch {result.best_epoch}; "
+            f"val acc {result.val_acc:.4f}; test acc {result.test_acc:.4f}; "
+            f"{result.samples_per_second:,.0f} samples/s"
+        )
+        print(f"checkpoints: {result.checkpoint_dir}\nmetrics log: {result.metrics_log}")
+    return 0

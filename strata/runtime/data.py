@@ -1,0 +1,64 @@
+"""Loading a graph data set from a store into memory for training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from strata._dgl import dgl
+from strata.errors import ConfigError
+from strata.storage.store import DatasetStore
+
+
+@dataclass
+class DataConfig:
+    """The data set a job trains on."""
+
+    store: str = ""
+    """URL of the dataset store (written by `strata ingest`)."""
+    normalize_features: bool = False
+    """Scale each feature row to sum 1 (the Planetoid convention of the GCN paper)."""
+
+    def __post_init__(self) -> None:
+        if not self.store:
+            raise ConfigError("data.store is required: the URL of a store written by 'strata ingest'")
+
+
+@dataclass
+class NodeData:
+    """A whole node-classification data set in memory."""
+
+    graph: object
+    feat: Tensor
+    label: Tensor
+    splits: dict[str, Tensor] = field(default_factory=dict)
+    num_classes: int = 0
+
+
+def to_dgl(indptr: np.ndarray, indices: np.ndarray, num_nodes: int, *, self_loops: bool) -> object:
+    """A DGLGraph from CSC arrays (in-edges grouped by destination)."""
+    graph = dgl.graph(
+        ("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), torch.empty(0, dtype=torch.int64))),
+        num_nodes=num_nodes,
+    )
+    if self_loops:
+        graph = dgl.add_self_loop(dgl.remove_self_loop(graph))
+    return graph
+
+
+def load_node_data(cfg: DataConfig, *, self_loops: bool) -> NodeData:
+    store = DatasetStore.open(cfg.store)
+    indptr, indices = store.csc()
+    feat = torch.from_numpy(store.features())
+    if cfg.normalize_features:
+        feat = feat / feat.sum(1, keepdim=True).clamp(min=1e-12)
+    return NodeData(
+        graph=to_dgl(indptr, indices, store.meta.num_nodes, self_loops=self_loops),
+        feat=feat,
+        label=torch.from_numpy(store.labels()),
+        splits={name: torch.from_numpy(store.split(name)) for name in ("train", "valid", "test")},
+        num_classes=store.meta.num_classes,
+    )

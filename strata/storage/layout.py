@@ -1,0 +1,43 @@
+"""The on-disk dataset format, schema version 1.
+
+A dataset store is a zarr v3 group at any fsspec URL::
+
+    STORE/
+      zarr.json                 root group; attribute "strata" mirrors the completion marker
+      _STRATA_COMPLETE          JSON written last: schema version, counts, dtypes, checksums.
+                                A store without it was not fully written and is never read.
+      graph/indptr              int64 (N+1,)   CSC: in-edges of node v are indices[indptr[v]:indptr[v+1]]
+      graph/indices             int64 (E,)     source node of each edge, grouped by destination
+      node/feat                 float32 (N, F) row-chunked
+      node/label                int64 (N,)     class id, -1 where unknown
+      node/split/train          int64 (n_train,) node ids
+      node/split/valid          int64 (n_valid,)
+      node/split/test           int64 (n_test,)
+      edge/<name>               optional per-edge arrays, in CSC edge order
+      images/data               (N, C, H, W) image data sets (diffusion)
+      images/label              int64 (N,)
+      partitions/<name>/        written by strata partition, with their own marker
+
+Checksums are BLAKE2b-128 over each array's logical little-endian bytes in row order, so
+they do not depend on chunking or compression.
+"""
+
+SCHEMA_VERSION = 1
+MARKER = "_STRATA_COMPLETE"
+
+INDPTR = "graph/indptr"
+INDICES = "graph/indices"
+FEAT = "node/feat"
+LABEL = "node/label"
+SPLITS = ("train", "valid", "test")
+IMAGES = "images/data"
+IMAGE_LABEL = "images/label"
+
+
+def split_key(name: str) -> str:
+    return f"node/split/{name}"
+
+
+def default_chunk_rows(row_bytes: int, target_bytes: int = 4 << 20) -> int:
+    """Rows per chunk so one chunk holds about ``target_bytes``."""
+    return max(1, target_bytes // max(1, row_bytes))
