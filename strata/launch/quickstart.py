@@ -36,7 +36,11 @@ def run(args: argparse.Namespace) -> int:
     from strata.models import ModelConfig
     from strata.runtime.data import DataConfig
     from strata.runtime.metrics import MetricsConfig
-    from strata.runtime.trainer import CheckpointConfig, TrainConfig, train_node_classifier
+    from strata.runtime.trainer import (
+        CheckpointConfig,
+        TrainConfig,
+        train_node_classifier,
+    )
     from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="strata-quickstart-")

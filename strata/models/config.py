@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from strata.errors import ConfigError
-from strata.models.gnn import Dense, GATLayer, GCNIILayer, GCNLayer, LayeredModel, SAGELayer
+from strata.models.gnn import (
+    Dense,
+    GATLayer,
+    GCNIILayer,
+    GCNLayer,
+    LayeredModel,
+    SAGELayer,
+)
 
 GNN_NAMES = ("gcn", "sage", "gat", "gcnii")
 

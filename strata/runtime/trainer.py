@@ -16,17 +16,15 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from strata._dgl import dgl
 from strata.errors import CheckpointError, ConfigError
 from strata.models import LayeredModel, ModelConfig, build_gnn
+from strata.runtime.batches import make_batches
 from strata.runtime.data import DataConfig, NodeData, load_node_data
 from strata.runtime.metrics import MetricsConfig, TrainingMetrics
 from strata.storage import checkpoint, fs
@@ -122,70 +120,6 @@ class TrainResult:
     metrics_port: int | None = None
 
 
-SHUFFLE, SAMPLE = 0, 1
-
-
-def step_seed(seed: int, purpose: int, epoch: int, step: int = 0) -> int:
-    """A seed for one ``purpose`` (SHUFFLE, SAMPLE) that depends only on (seed, epoch, step)."""
-    # DGL takes seeds below 2**31.
-    return int(np.random.SeedSequence([seed, purpose, epoch, step]).generate_state(1, dtype=np.uint32)[0] >> 1)
-
-
-# -- batches -------------------------------------------------------------------------------
-
-
-@dataclass
-class Batch:
-    graphs: object
-    """The full graph, or one sampled block per graph layer."""
-    x: Tensor
-    """Input features of the graphs' source nodes."""
-    seeds: Tensor
-    """Output rows whose loss counts."""
-    y: Tensor
-
-
-class FullGraphBatches:
-    """One batch per epoch: the whole graph, loss over the training nodes."""
-
-    def __init__(self, data: NodeData) -> None:
-        self.data = data
-        self.train = data.splits["train"]
-
-    def steps_per_epoch(self) -> int:
-        return 1
-
-    def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
-        if start == 0:
-            yield Batch(self.data.graph, self.data.feat, self.train, self.data.label[self.train])
-
-
-class SampledBatches:
-    """Shuffled seed batches with neighbour-sampled blocks; deterministic per (seed, epoch, step)."""
-
-    def __init__(self, data: NodeData, cfg: TrainConfig, num_graph_layers: int) -> None:
-        if len(cfg.fanouts) != num_graph_layers:
-            raise ConfigError(
-                f"train.fanouts has {len(cfg.fanouts)} entries but the model has {num_graph_layers} graph layers"
-            )
-        self.data = data
-        self.cfg = cfg
-        self.train = data.splits["train"]
-        self.sampler = dgl.dataloading.NeighborSampler(list(cfg.fanouts))
-
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train) / self.cfg.batch_size)
-
-    def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(step_seed(self.cfg.seed, SHUFFLE, epoch))
-        order = self.train[torch.randperm(len(self.train), generator=generator)]
-        for step in range(start, self.steps_per_epoch()):
-            seeds = order[step * self.cfg.batch_size : (step + 1) * self.cfg.batch_size]
-            dgl.seed(step_seed(self.cfg.seed, SAMPLE, epoch, step))
-            input_nodes, output_nodes, blocks = self.sampler.sample_blocks(self.data.graph, seeds)
-            yield Batch(blocks, self.data.feat[input_nodes], torch.arange(len(output_nodes)), self.data.label[output_nodes])
-
-
 # -- evaluation ----------------------------------------------------------------------------
 
 
@@ -261,10 +195,7 @@ def train_node_classifier(
     data = load_node_data(data_cfg, self_loops=probe.self_loops)
     model = build_gnn(model_cfg, data.feat.shape[1], data.num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.mode == "full":
-        batches: FullGraphBatches | SampledBatches = FullGraphBatches(data)
-    else:
-        batches = SampledBatches(data, cfg, model.num_graph_layers)
+    batches = make_batches(data, cfg, model.num_graph_layers)
 
     state, best = LoopState(), copy.deepcopy(model.state_dict())
     if resume:

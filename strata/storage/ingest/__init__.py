@@ -50,7 +50,10 @@ def ingest(
 
         return ingest_ogb(source, out, name, scheme=split_scheme, symmetrize=symmetrize, overwrite=overwrite, allow_nan=allow_nan)
     if fmt == "synthetic":
-        from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
+        from strata.storage.ingest.synthetic import (
+            SyntheticGraphConfig,
+            write_synthetic,
+        )
 
         cfg = SyntheticGraphConfig(**(synthetic or {}))
         return write_synthetic(cfg, out, name, overwrite=overwrite, progress=progress)

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 
-from strata.errors import IngestError
+from strata.errors import IngestError, StoreError
 from strata.storage.store import DatasetMeta, DatasetWriter, as_features
-from strata.errors import StoreError
 
 
 @dataclass
