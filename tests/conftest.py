@@ -28,9 +28,9 @@ def store_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return str(tmp_path)
     root = f"memory://strata-test-{uuid.uuid4().hex[:8]}"
     yield root
-    fsspec.filesystem("memory").rm(root.replace("memory://", "/"), recursive=True) if fsspec.filesystem("memory").exists(
-        root.replace("memory://", "/")
-    ) else None
+    memory, path = fsspec.filesystem("memory"), root.replace("memory://", "/")
+    if memory.exists(path):
+        memory.rm(path, recursive=True)
 
 
 def random_graph(num_nodes: int, num_edges: int, feat_dim: int = 8, num_classes: int = 3, seed: int = 0):
