@@ -1,0 +1,151 @@
+"""Counted collectives: every collective and point-to-point op of a run goes through one
+:class:`Comm`, which times it and counts its bytes by op for the metrics.
+
+Bytes are the payload this rank sends: the whole tensor for all_reduce, all_gather,
+broadcast (at the source) and send; only the rows meant for other ranks for all_to_all;
+nothing for recv and barrier. With one process every op is the identity and nothing is
+counted.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+CommSink = Callable[[str, int, float], None]
+"""Receives (op, bytes, seconds) after every op, e.g. ``TrainingMetrics.comm``."""
+
+_REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
+
+
+@dataclass
+class OpTotals:
+    calls: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+
+class Comm:
+    """The collectives of one rank on the default process group."""
+
+    def __init__(self, rank: int, world_size: int, *, sink: CommSink | None = None) -> None:
+        if world_size > 1 and not dist.is_initialized():
+            raise RuntimeError(f"Comm for {world_size} ranks needs a process group; form one with runtime.distributed.process_group")
+        self.rank = rank
+        self.world_size = world_size
+        self.sink = sink
+        self.totals: dict[str, OpTotals] = {}
+
+    def _done(self, op: str, nbytes: int, started: float, tensors: Sequence[Tensor]) -> None:
+        if any(t.is_cuda for t in tensors):
+            # NCCL ops are asynchronous to the host: wait so the seconds are the op's.
+            torch.cuda.synchronize(tensors[0].device)
+        seconds = time.perf_counter() - started
+        totals = self.totals.setdefault(op, OpTotals())
+        totals.calls += 1
+        totals.bytes += nbytes
+        totals.seconds += seconds
+        if self.sink is not None:
+            self.sink(op, nbytes, seconds)
+
+    def bytes_by_op(self) -> dict[str, int]:
+        return {op: t.bytes for op, t in self.totals.items()}
+
+    # -- collectives -----------------------------------------------------------------------
+
+    def all_reduce(self, tensor: Tensor, op: str = "sum") -> Tensor:
+        """Reduce ``tensor`` over all ranks, in place; returns it."""
+        if self.world_size == 1:
+            return tensor
+        started = time.perf_counter()
+        dist.all_reduce(tensor, op=_REDUCE_OPS[op])
+        self._done("all_reduce", _nbytes(tensor), started, [tensor])
+        return tensor
+
+    def all_gather(self, tensor: Tensor) -> list[Tensor]:
+        """Every rank's ``tensor`` (same shape on every rank), in rank order."""
+        if self.world_size == 1:
+            return [tensor]
+        out = [torch.empty_like(tensor) for _ in range(self.world_size)]
+        started = time.perf_counter()
+        dist.all_gather(out, tensor.contiguous())
+        self._done("all_gather", _nbytes(tensor), started, [tensor])
+        return out
+
+    def broadcast(self, tensor: Tensor, src: int = 0) -> Tensor:
+        """Overwrite ``tensor`` with rank ``src``'s, in place; returns it."""
+        if self.world_size == 1:
+            return tensor
+        started = time.perf_counter()
+        dist.broadcast(tensor, src=src)
+        self._done("broadcast", _nbytes(tensor) if self.rank == src else 0, started, [tensor])
+        return tensor
+
+    def all_to_all_single(self, tensor: Tensor, send_counts: Sequence[int], recv_counts: Sequence[int]) -> Tensor:
+        """Send rows ``[sum(send_counts[:j]), sum(send_counts[:j+1]))`` of ``tensor`` to rank j;
+        returns the rows received, grouped by source rank.  (sum(recv_counts), *tensor.shape[1:])"""
+        if len(send_counts) != self.world_size or len(recv_counts) != self.world_size:
+            raise ValueError(f"all_to_all_single needs {self.world_size} send and receive counts")
+        if sum(send_counts) != tensor.shape[0]:
+            raise ValueError(f"send counts sum to {sum(send_counts)} but the tensor has {tensor.shape[0]} rows")
+        out = tensor.new_empty((sum(recv_counts), *tensor.shape[1:]))
+        if self.world_size == 1:
+            return out.copy_(tensor)
+        started = time.perf_counter()
+        dist.all_to_all_single(out, tensor.contiguous(), list(recv_counts), list(send_counts))
+        row_bytes = _nbytes(tensor[:1]) if tensor.shape[0] else 0
+        sent = (sum(send_counts) - send_counts[self.rank]) * row_bytes
+        self._done("all_to_all", sent, started, [tensor])
+        return out
+
+    def all_to_all(self, outputs: list[Tensor], inputs: list[Tensor]) -> list[Tensor]:
+        """Send ``inputs[j]`` to rank j and receive rank j's into ``outputs[j]``; returns ``outputs``."""
+        if len(outputs) != self.world_size or len(inputs) != self.world_size:
+            raise ValueError(f"all_to_all needs {self.world_size} inputs and outputs")
+        if self.world_size == 1:
+            outputs[0].copy_(inputs[0])
+            return outputs
+        started = time.perf_counter()
+        dist.all_to_all(outputs, [t.contiguous() for t in inputs])
+        sent = sum(_nbytes(t) for j, t in enumerate(inputs) if j != self.rank)
+        self._done("all_to_all", sent, started, inputs)
+        return outputs
+
+    def barrier(self) -> None:
+        if self.world_size == 1:
+            return
+        started = time.perf_counter()
+        dist.barrier()
+        self._done("barrier", 0, started, [])
+
+    # -- point to point --------------------------------------------------------------------
+
+    def send(self, tensor: Tensor, dst: int) -> None:
+        started = time.perf_counter()
+        dist.send(tensor.contiguous(), dst=dst)
+        self._done("send", _nbytes(tensor), started, [tensor])
+
+    def recv(self, tensor: Tensor, src: int) -> Tensor:
+        started = time.perf_counter()
+        dist.recv(tensor, src=src)
+        self._done("recv", 0, started, [tensor])
+        return tensor
+
+    # -- derived ---------------------------------------------------------------------------
+
+    def sum_floats(self, values: Sequence[float]) -> list[float]:
+        """Sum a few Python numbers over all ranks (float64)."""
+        tensor = torch.tensor(list(values), dtype=torch.float64)
+        return self.all_reduce(tensor).tolist()
+
+    def broadcast_int(self, value: int, src: int = 0) -> int:
+        return int(self.broadcast(torch.tensor([value], dtype=torch.int64), src).item())
+
+
+def _nbytes(tensor: Tensor) -> int:
+    return tensor.numel() * tensor.element_size()

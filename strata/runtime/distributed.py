@@ -1,0 +1,79 @@
+"""The process group's lifetime: formed from a :class:`Topology`, always torn down.
+
+The process group is the one piece of process-wide state strata keeps (torch.distributed
+owns it). :func:`process_group` forms it when the job has more than one process and
+destroys it on the way out, whether training ended, failed or was interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+
+from strata.errors import ConfigError, StrataError
+from strata.runtime.topology import BACKENDS, Topology
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistributedConfig:
+    """How processes talk to each other."""
+
+    backend: str = "auto"
+    """'auto' (nccl with CUDA devices, gloo otherwise), 'gloo' or 'nccl'."""
+    timeout_seconds: float = 600.0
+    """How long forming the group and any one collective may wait for the slowest rank."""
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"distributed.backend must be one of {', '.join(BACKENDS)}, got '{self.backend}'")
+        if not (self.timeout_seconds > 0 and math.isfinite(self.timeout_seconds)):
+            raise ConfigError(f"distributed.timeout_seconds must be a positive number, got {self.timeout_seconds}")
+
+
+def _init_url(topology: Topology) -> str:
+    host = f"[{topology.master_addr}]" if ":" in topology.master_addr else topology.master_addr
+    return f"tcp://{host}:{topology.master_port}"
+
+
+@contextmanager
+def process_group(topology: Topology, *, timeout_seconds: float = 600.0) -> Iterator[None]:
+    """Form the default process group for ``topology`` (nothing to form for one process) and
+    destroy it on exit."""
+    if not topology.is_distributed:
+        yield
+        return
+    if dist.is_initialized():
+        raise StrataError("a process group already exists in this process; strata forms exactly one per run")
+    if topology.device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(topology.device))
+    try:
+        dist.init_process_group(
+            backend=topology.backend,
+            init_method=_init_url(topology),
+            rank=topology.rank,
+            world_size=topology.world_size,
+            timeout=timedelta(seconds=timeout_seconds),
+        )
+    except (RuntimeError, ValueError) as exc:
+        raise StrataError(
+            f"rank {topology.rank} could not join a process group of {topology.world_size} ranks at "
+            f"{topology.master_addr}:{topology.master_port} ({topology.launcher}, {topology.backend}) within "
+            f"{timeout_seconds:g}s: {exc}. Check that every rank was started and that the address is reachable"
+        ) from exc
+    log.info(
+        "rank %d/%d joined the %s process group at %s:%d (%s)",
+        topology.rank, topology.world_size, topology.backend, topology.master_addr, topology.master_port, topology.launcher,
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
