@@ -25,7 +25,8 @@ os.environ.setdefault("DGLBACKEND", "pytorch")
 def store_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A directory URL for stores: a local path, then memory://."""
     if request.param == "local":
-        return str(tmp_path)
+        yield str(tmp_path)
+        return
     root = f"memory://strata-test-{uuid.uuid4().hex[:8]}"
     yield root
     memory, path = fsspec.filesystem("memory"), root.replace("memory://", "/")
@@ -60,12 +61,16 @@ def tiny_store(store_root: str) -> str:
     return url
 
 
-@pytest.fixture
-def planetoid_dir() -> Path:
-    """The shared Cora files; tests using it skip, saying why, where they are absent."""
+def require_planetoid() -> Path:
+    """The shared Cora files; the calling test skips, saying why, where they are absent."""
     if not (PLANETOID / "ind.cora.x").exists():
         pytest.skip(f"Cora is not available at {PLANETOID} (the shared data folder is absent)")
     return PLANETOID
+
+
+@pytest.fixture
+def planetoid_dir() -> Path:
+    return require_planetoid()
 
 
 def free_port() -> int:
