@@ -19,3 +19,7 @@ class ConfigError(StrataError):
 
 class CheckpointError(StrataError):
     """A checkpoint is missing, incomplete or does not fit the run."""
+
+
+class PartitionError(StrataError):
+    """A partitioning request is invalid, or a partition on disk is missing or incomplete."""

@@ -1,0 +1,96 @@
+"""METIS through DGL, balancing nodes, in-edges and training nodes as multiple constraints.
+
+METIS needs the whole graph in memory (DGL symmetrises it first); for graphs that do not fit,
+use the streaming ``fennel`` or ``ldg``. DGL's METIS takes no seed: its result is
+deterministic for a given graph, and ``seed`` is ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import logging
+import os
+import sys
+import tempfile
+from typing import Iterator
+
+import numpy as np
+
+from strata.errors import PartitionError
+from strata.partitioners.config import PartitionConfig
+from strata.partitioners.graph import GraphSource
+
+log = logging.getLogger(__name__)
+
+
+def metis_assign(graph: GraphSource, cfg: PartitionConfig, progress: bool = False) -> np.ndarray:
+    n, k = graph.num_nodes, int(cfg.num_parts)
+    if k == 1:
+        return np.zeros(n, dtype=np.int32)  # DGL's METIS crashes the process for k = 1
+    import torch
+
+    from strata._dgl import dgl
+
+    indptr, indices = graph.csc()
+    g = dgl.graph(
+        ("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), torch.empty(0, dtype=torch.int64))),
+        num_nodes=n,
+    )
+    ntypes, balance_edges = _constraints(graph, indptr)
+    with _captured_output() as captured:
+        parts = dgl.metis_partition_assignment(g, k, balance_ntypes=ntypes, balance_edges=balance_edges)
+    for line in captured.getvalue().splitlines():
+        log.debug("dgl metis: %s", line)
+    if parts is None:
+        raise PartitionError(f"DGL's METIS returned no assignment for {graph.where} into {k} parts")
+    return np.asarray(parts.numpy() if hasattr(parts, "numpy") else parts, dtype=np.int32)
+
+
+def _constraints(graph: GraphSource, indptr: np.ndarray) -> tuple["object | None", bool]:
+    """Training/non-training as node types and in-degree as edge weight, where METIS can use them.
+
+    A constraint whose weights are all zero makes METIS divide by zero and kill the process,
+    so a node type with no in-edges turns edge balancing off.
+    """
+    import torch
+
+    n = graph.num_nodes
+    deg = np.diff(indptr)
+    train = graph.train_ids()
+    mask = np.zeros(n, dtype=np.int64)
+    mask[train] = 1
+    ntypes = None
+    groups = [np.ones(n, dtype=bool)]
+    if 0 < int(mask.sum()) < n:
+        ntypes = torch.from_numpy(mask)
+        groups = [mask == 0, mask == 1]
+    balance_edges = all(int(deg[g].sum()) > 0 for g in groups)
+    return ntypes, balance_edges
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[io.StringIO]:
+    """Capture what DGL prints (Python prints and C-level writes to fd 1 and 2) into one buffer.
+
+    File descriptors are process-wide: output of other threads during METIS is captured too.
+    """
+    captured = io.StringIO()
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        try:
+            for fd in (1, 2):
+                os.dup2(sink.fileno(), fd)
+            with contextlib.redirect_stdout(captured):
+                yield captured
+        finally:
+            libc.fflush(None)
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            sink.seek(0)
+            captured.write(sink.read().decode("utf-8", "replace"))
