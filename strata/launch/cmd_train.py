@@ -11,8 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a model from a YAML config",
         description="Train the model a YAML job config describes. The config is validated before "
-        "anything runs: an unknown key or a bad value is an error naming the key. See README.md "
-        "(Config reference) and examples/.",
+        "anything runs: an unknown key or a bad value is an error naming the key. Runs as one process, "
+        "or as every process of a job started by torchrun (e.g. 'torchrun --nproc-per-node 4 -m "
+        "strata.launch.cli train CONFIG'), srun or a Kubernetes Job; a torchrun restart resumes from the "
+        "newest complete checkpoint. See README.md (Config reference) and examples/.",
     )
     p.add_argument("config", help="path or URL of the YAML job config")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint, if any")
@@ -26,17 +28,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     from dataclasses import asdict
+
+    import torch
 
     from strata.launch.cli import show_progress
     from strata.launch.job import load_job
+    from strata.runtime.distributed import process_group
+    from strata.runtime.topology import topology_from_env
     from strata.runtime.trainer import train_node_classifier
 
     job = load_job(args.config, args.overrides)
-    result = train_node_classifier(
-        job.data, job.model, job.train, job.checkpoint, job.metrics,
-        run_dir=job.run_dir, resume=args.resume, progress=show_progress(args),
-    )
+    topology = topology_from_env(os.environ, cuda_devices=torch.cuda.device_count(), backend=job.distributed.backend)
+    with process_group(topology, timeout_seconds=job.distributed.timeout_seconds):
+        result = train_node_classifier(
+            job.data, job.model, job.train, job.checkpoint, job.metrics,
+            run_dir=job.run_dir, resume=args.resume, progress=show_progress(args), topology=topology,
+        )
+    if not topology.is_main:
+        return 0
     if args.json:
         print(json.dumps(asdict(result)))
     else:

@@ -8,8 +8,10 @@ from strata.errors import ConfigError
 from strata.launch.config_io import apply_overrides, from_dict, load_yaml
 from strata.models import ModelConfig
 from strata.runtime.data import DataConfig
+from strata.runtime.distributed import DistributedConfig
 from strata.runtime.metrics import MetricsConfig
 from strata.runtime.trainer import CheckpointConfig, TrainConfig
+from strata.storage.featstore.config import FeaturesConfig
 
 
 @dataclass
@@ -26,6 +28,9 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    """How node features reach training: in memory, cached, or packed by `strata pack`."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:

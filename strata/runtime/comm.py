@@ -33,12 +33,14 @@ class OpTotals:
 class Comm:
     """The collectives of one rank on the default process group."""
 
-    def __init__(self, rank: int, world_size: int, *, sink: CommSink | None = None) -> None:
+    def __init__(self, rank: int, world_size: int, *, sink: CommSink | None = None, device: str = "cpu") -> None:
         if world_size > 1 and not dist.is_initialized():
             raise RuntimeError(f"Comm for {world_size} ranks needs a process group; form one with runtime.distributed.process_group")
         self.rank = rank
         self.world_size = world_size
         self.sink = sink
+        self.device = torch.device(device)
+        """Where the small tensors of :meth:`sum_floats` live (NCCL reduces device tensors only)."""
         self.totals: dict[str, OpTotals] = {}
 
     def _done(self, op: str, nbytes: int, started: float, tensors: Sequence[Tensor]) -> None:
@@ -140,11 +142,11 @@ class Comm:
 
     def sum_floats(self, values: Sequence[float]) -> list[float]:
         """Sum a few Python numbers over all ranks (float64)."""
-        tensor = torch.tensor(list(values), dtype=torch.float64)
+        tensor = torch.tensor(list(values), dtype=torch.float64, device=self.device)
         return self.all_reduce(tensor).tolist()
 
     def broadcast_int(self, value: int, src: int = 0) -> int:
-        return int(self.broadcast(torch.tensor([value], dtype=torch.int64), src).item())
+        return int(self.broadcast(torch.tensor([value], dtype=torch.int64, device=self.device), src).item())
 
 
 def _nbytes(tensor: Tensor) -> int:

@@ -1,8 +1,14 @@
-"""The training loop of a node-classification job, in one process.
+"""The training loop of a node-classification job, in one process or in each of many.
 
-Reads top to bottom: build data and model, resume if asked, then for each epoch run the
-steps of that epoch (one full-graph step, or one step per sampled mini-batch), checkpoint
-every N steps, evaluate, stop early, and finally report test accuracy of the best model.
+Reads top to bottom: build data, model and the executor that runs the steps, resume if
+asked, then for each epoch run the steps of that epoch (one full-graph step, one step per
+sampled mini-batch, or one graph-parallel step), checkpoint every N steps, evaluate, stop
+early, and finally report test accuracy of the best model.
+
+With several processes (a :class:`Topology` with world size > 1, inside
+:func:`strata.runtime.distributed.process_group`) every rank runs this same loop; the
+executor keeps the replicas in step, every rank writes its checkpoint shard and rank 0
+commits it, and rank 0 alone writes the JSON-lines log.
 
 Every random choice is a pure function of (seed, epoch, step) or lives in the torch RNG
 state that checkpoints carry, so a run resumed from a checkpoint makes exactly the steps the
@@ -16,28 +22,45 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
+import numpy as np
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from strata.errors import CheckpointError, ConfigError
+from strata.errors import CheckpointError, ConfigError, StrataError
 from strata.models import LayeredModel, ModelConfig, build_gnn
 from strata.runtime.batches import make_batches
+from strata.runtime.comm import Comm
 from strata.runtime.data import DataConfig, NodeData, load_node_data
+from strata.runtime.executors.base import Executor
+from strata.runtime.executors.graph_parallel import GraphParallelExecutor
+from strata.runtime.executors.minibatch import DataParallelExecutor, evaluate_full_graph, rank_data
 from strata.runtime.metrics import MetricsConfig, TrainingMetrics
+from strata.runtime.topology import Topology, single_process
 from strata.storage import checkpoint, fs
 
 log = logging.getLogger(__name__)
+
+EXECUTORS = ("full", "minibatch", "graph_parallel")
+PARTITIONERS = ("range", "random")
 
 
 @dataclass
 class TrainConfig:
     """How to train."""
 
-    mode: str = "full"
-    """'full' (one step per epoch over the whole graph) or 'minibatch' (sampled neighbourhoods)."""
+    mode: str = ""
+    """'full' (one step per epoch over the whole graph) or 'minibatch' (sampled neighbourhoods);
+    empty = what ``executor`` implies ('full' when both are empty)."""
+    executor: str = ""
+    """How steps run: 'full' (the whole graph in one process), 'minibatch' (sampled mini-batches,
+    data parallel over all processes) or 'graph_parallel' (the whole graph cut into one part per
+    process, halo embeddings exchanged at every layer); empty = the executor of ``mode``."""
+    partitioner: str = "range"
+    """graph_parallel: how nodes are assigned to processes, 'range' (contiguous ids) or 'random'."""
     epochs: int = 200
     """Maximum number of epochs."""
     lr: float = 0.01
@@ -56,8 +79,20 @@ class TrainConfig:
     """Stop after this many steps in total; 0 = no limit."""
 
     def __post_init__(self) -> None:
-        if self.mode not in ("full", "minibatch"):
+        if self.mode not in ("", "full", "minibatch"):
             raise ConfigError(f"train.mode must be 'full' or 'minibatch', got '{self.mode}'")
+        if self.executor not in ("", *EXECUTORS):
+            raise ConfigError(f"train.executor must be one of {', '.join(EXECUTORS)}, got '{self.executor}'")
+        self.executor = self.executor or self.mode or "full"
+        implied = "minibatch" if self.executor == "minibatch" else "full"
+        if self.mode and self.mode != implied:
+            raise ConfigError(
+                f"train.mode '{self.mode}' contradicts train.executor '{self.executor}', which trains on "
+                f"{'sampled mini-batches' if implied == 'minibatch' else 'the whole graph'}; drop train.mode"
+            )
+        self.mode = implied
+        if self.partitioner not in PARTITIONERS:
+            raise ConfigError(f"train.partitioner must be one of {', '.join(PARTITIONERS)}, got '{self.partitioner}'")
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")
         if self.lr <= 0 or not math.isfinite(self.lr):
@@ -118,33 +153,72 @@ class TrainResult:
     checkpoint_dir: str
     metrics_log: str
     metrics_port: int | None = None
+    executor: str = "full"
+    world_size: int = 1
+    comm_bytes: dict[str, int] = field(default_factory=dict)
+    """Bytes sent by each collective op, summed over all ranks (empty with one process)."""
 
 
 # -- evaluation ----------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def evaluate(model: LayeredModel, data: NodeData) -> dict[str, float]:
     """Loss and accuracy of every split, from one full-graph forward pass."""
-    model.eval()
-    logits = model(data.graph, data.feat)
-    out = {}
-    for name, ids in data.splits.items():
-        if len(ids) == 0:
-            continue
-        out[f"{name}_loss"] = float(F.cross_entropy(logits[ids], data.label[ids]))
-        out[f"{name}_acc"] = float((logits[ids].argmax(1) == data.label[ids]).float().mean())
-    return out
+    return evaluate_full_graph(model, data)
+
+
+# -- executors -----------------------------------------------------------------------------
+
+
+def node_assignment(method: str, num_nodes: int, num_parts: int, seed: int) -> np.ndarray:
+    """The part of every node for graph_parallel.
+
+    Contiguous id ranges or a seeded random draw; to be replaced by the partitioners'
+    ``assign``/``build`` output (metis, ldg, fennel) read from the store.
+    """
+    if method == "random":
+        return np.random.default_rng(seed).integers(0, num_parts, num_nodes)
+    return (np.arange(num_nodes) * num_parts) // max(num_nodes, 1)
+
+
+def build_executor(
+    cfg: TrainConfig, model: LayeredModel, data: NodeData, comm: Comm, topology: Topology
+) -> Executor:
+    if cfg.executor == "graph_parallel":
+        assignment = node_assignment(cfg.partitioner, data.feat.shape[0], comm.world_size, cfg.seed)
+        return GraphParallelExecutor(model, data, assignment, comm, device=topology.device)
+    # Each rank samples from its own share of the training nodes; evaluation sees all of data.
+    batches = make_batches(rank_data(data, comm.rank, comm.world_size, cfg.seed), cfg, model.num_graph_layers)
+    return DataParallelExecutor(cfg.executor, model, data, batches, comm, device=topology.device)
+
+
+def _check_world(cfg: TrainConfig, topology: Topology) -> None:
+    if topology.is_distributed and cfg.executor == "full":
+        raise ConfigError(
+            f"train.executor 'full' trains the whole graph in one process, but this job has {topology.world_size} "
+            "processes; use train.executor=graph_parallel (the graph cut into one part per process) or minibatch"
+        )
+    if topology.is_distributed and not dist.is_initialized():
+        raise StrataError(
+            f"a topology of {topology.world_size} processes needs a process group: call train_node_classifier "
+            "inside strata.runtime.distributed.process_group(topology)"
+        )
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    # Replicas must draw different dropout masks for their different nodes.
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
 
 
 # -- checkpoints ---------------------------------------------------------------------------
 
 
-def _save(root: str, state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer, best: dict[str, Tensor], keep: int) -> None:
+def _save(root: str, state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer, best: dict[str, Tensor], keep: int, comm: Comm) -> None:
+    """Every rank writes its shard; once all have, rank 0 commits the checkpoint."""
     checkpoint.write_shard(
         root,
         state.global_step,
-        0,
+        comm.rank,
         {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -153,15 +227,26 @@ def _save(root: str, state: LoopState, model: nn.Module, optimizer: torch.optim.
             "loop": asdict(state),
         },
     )
-    checkpoint.commit(root, state.global_step, world_size=1, keep=keep)
+    comm.barrier()
+    if comm.rank == 0:
+        checkpoint.commit(root, state.global_step, world_size=comm.world_size, keep=keep)
 
 
-def _restore(root: str, model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[LoopState, dict[str, Tensor]] | None:
-    step = checkpoint.latest_step(root)
-    if step is None:
+def _restore(root: str, model: nn.Module, optimizer: torch.optim.Optimizer, comm: Comm) -> tuple[LoopState, dict[str, Tensor]] | None:
+    # Rank 0 decides which checkpoint every rank resumes from.
+    newest = checkpoint.latest_step(root) if comm.rank == 0 else None
+    step = comm.broadcast_int(-1 if newest is None else newest)
+    if step < 0:
         log.info("no complete checkpoint under %s: starting from scratch", root)
         return None
-    shard = checkpoint.read_shard(root, step, 0)
+    written_by = checkpoint.read_marker(root, step)["world_size"]
+    if written_by != comm.world_size:
+        raise CheckpointError(
+            f"checkpoint step {step} under '{root}' was written by {written_by} processes but this run has "
+            f"{comm.world_size}: each rank's optimizer, RNG and data position are in its own shard and cannot be "
+            f"re-split; resume with {written_by} processes, or start afresh with another checkpoint.dir"
+        )
+    shard = checkpoint.read_shard(root, step, comm.rank)
     try:
         model.load_state_dict(shard["model"])
         optimizer.load_state_dict(shard["optimizer"])
@@ -185,7 +270,16 @@ def train_node_classifier(
     run_dir: str,
     resume: bool = False,
     progress: bool = True,
+    topology: Topology | None = None,
+    on_step: Callable[[LoopState], None] | None = None,
 ) -> TrainResult:
+    """Train on every rank of ``topology`` (default: this one process).
+
+    A torchrun restart (``topology.restart_count`` > 0) resumes like ``resume=True``.
+    ``on_step`` is called after every step, with the loop state, on every rank.
+    """
+    topology = topology or single_process()
+    _check_world(cfg, topology)
     torch.manual_seed(cfg.seed)
     fs.makedirs(run_dir)
     ckpt_root = ckpt_cfg.dir or fs.join(run_dir, "checkpoints")
@@ -193,46 +287,64 @@ def train_node_classifier(
 
     probe = build_gnn(model_cfg, 1, 1)
     data = load_node_data(data_cfg, self_loops=probe.self_loops)
-    model = build_gnn(model_cfg, data.feat.shape[1], data.num_classes)
+    model = build_gnn(model_cfg, data.feat.shape[1], data.num_classes).to(topology.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    batches = make_batches(data, cfg, model.num_graph_layers)
 
-    state, best = LoopState(), copy.deepcopy(model.state_dict())
-    if resume:
-        restored = _restore(ckpt_root, model, optimizer)
-        if restored is not None:
-            state, best = restored
-
-    metrics = TrainingMetrics(metrics_cfg, rank=0, local_rank=0, executor=cfg.mode, jsonl_url=jsonl)
-    metrics.log("start", config={"data": asdict(data_cfg), "model": asdict(model_cfg), "train": asdict(cfg)}, resumed_at=state.global_step)
-    train_seconds, samples, stop = 0.0, 0, False
-    bar = tqdm(total=cfg.epochs, initial=state.epoch, desc="train", unit="epoch", disable=not progress)
+    metrics = TrainingMetrics(
+        metrics_cfg, rank=topology.rank, local_rank=topology.local_rank, executor=cfg.executor,
+        jsonl_url=jsonl if topology.is_main else None,
+    )
+    bar = None
     try:
+        comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
+        executor = build_executor(cfg, model, data, comm, topology)
+        if topology.is_distributed:
+            torch.manual_seed(_rank_seed(cfg.seed, topology.rank))
+
+        state, best = LoopState(), copy.deepcopy(model.state_dict())
+        if resume or topology.restart_count > 0:
+            restored = _restore(ckpt_root, model, optimizer, comm)
+            if restored is not None:
+                state, best = restored
+
+        metrics.log(
+            "start",
+            config={"data": asdict(data_cfg), "model": asdict(model_cfg), "train": asdict(cfg)},
+            resumed_at=state.global_step,
+            world_size=topology.world_size,
+            launcher=topology.launcher,
+            restart_count=topology.restart_count,
+        )
+        train_seconds, samples, stop = 0.0, 0, False
+        bar = tqdm(total=cfg.epochs, initial=state.epoch, desc="train", unit="epoch", disable=not (progress and topology.is_main))
         for epoch in range(state.epoch, cfg.epochs):
-            for batch in batches.epoch(epoch, state.step_in_epoch):
+            batches = iter(executor.epoch(epoch, state.step_in_epoch))
+            while True:
+                waited = time.perf_counter()
+                batch = next(batches, None)
+                if batch is None:
+                    break
                 t0 = time.perf_counter()
-                model.train()
-                logits = model(batch.graphs, batch.x)
-                loss = F.cross_entropy(logits[batch.seeds], batch.y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                metrics.data_wait.inc(t0 - waited)
+                step = executor.train_step(batch, optimizer)
                 seconds = time.perf_counter() - t0
                 train_seconds += seconds
-                samples += len(batch.seeds)
+                samples += step.samples
                 state.global_step += 1
                 state.step_in_epoch += 1
-                state.last_loss = loss.item()
-                metrics.step(seconds=seconds, samples=len(batch.seeds), loss=state.last_loss)
+                state.last_loss = step.loss
+                metrics.step(seconds=seconds, samples=step.samples, loss=state.last_loss)
                 if ckpt_cfg.every_steps and state.global_step % ckpt_cfg.every_steps == 0:
-                    _save(ckpt_root, state, model, optimizer, best, ckpt_cfg.keep)
+                    _save(ckpt_root, state, model, optimizer, best, ckpt_cfg.keep, comm)
+                if on_step is not None:
+                    on_step(state)
                 if cfg.max_steps and state.global_step >= cfg.max_steps:
                     stop = True
                     break
-            if stop and state.step_in_epoch < batches.steps_per_epoch():
+            if stop and state.step_in_epoch < executor.steps_per_epoch():
                 break
             state.epoch, state.step_in_epoch = epoch + 1, 0
-            scores = evaluate(model, data)
+            scores = executor.evaluate()
             improved_acc = scores.get("valid_acc", 0.0) > state.best_val_acc
             improved_loss = scores.get("valid_loss", math.inf) < state.best_val_loss
             if improved_acc or (scores.get("valid_acc", 0.0) == state.best_val_acc and improved_loss):
@@ -246,9 +358,10 @@ def train_node_classifier(
             bar.set_postfix(loss=f"{state.last_loss:.4f}", val_acc=f"{scores.get('valid_acc', 0):.4f}")
             if stop or (cfg.patience and state.bad_epochs >= cfg.patience):
                 break
-        _save(ckpt_root, state, model, optimizer, best, ckpt_cfg.keep)
+        _save(ckpt_root, state, model, optimizer, best, ckpt_cfg.keep, comm)
         model.load_state_dict(best)
-        final = evaluate(model, data)
+        final = executor.evaluate()
+        comm_bytes = _comm_bytes_over_ranks(comm)
         result = TrainResult(
             epochs=state.epoch,
             steps=state.global_step,
@@ -262,10 +375,23 @@ def train_node_classifier(
             checkpoint_dir=ckpt_root,
             metrics_log=jsonl,
             metrics_port=metrics.port,
+            executor=cfg.executor,
+            world_size=topology.world_size,
+            comm_bytes=comm_bytes,
         )
         metrics.log("end", **asdict(result))
         metrics.push()
         return result
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
         metrics.close()
+
+
+def _comm_bytes_over_ranks(comm: Comm) -> dict[str, int]:
+    if comm.world_size == 1:
+        return {}
+    ops = ("all_to_all", "all_reduce", "broadcast", "all_gather", "send")
+    mine = comm.bytes_by_op()
+    totals = comm.sum_floats([float(mine.get(op, 0)) for op in ops])
+    return {op: int(total) for op, total in zip(ops, totals) if total}
