@@ -3,7 +3,8 @@
 ``run_workers(fn, world_size, *args)`` spawns ``world_size`` processes on one free port; each
 forms the process group from a torchrun-like environment, calls ``fn(topology, *args)`` and
 saves what it returns (tensors, numbers, plain containers). The results come back in rank
-order; a worker's exception fails the test with that worker's traceback.
+order; a worker's exception fails the test with that worker's traceback. ``start_workers``
+does the same without waiting, for tests that talk to the workers while they run.
 """
 
 from __future__ import annotations
@@ -59,18 +60,45 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def run_workers(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 180) -> list[Any]:
-    """``fn(topology, *args)`` on ``world_size`` spawned processes; their results in rank order."""
-    with tempfile.TemporaryDirectory(prefix="strata-dist-") as out:
+class Workers:
+    """Spawned workers running; :meth:`results` waits for them."""
+
+    def __init__(self, fn: Callable[..., Any], world_size: int, args: tuple) -> None:
+        self.name = fn.__name__
+        self.world_size = world_size
+        self._out = tempfile.TemporaryDirectory(prefix="strata-dist-")
         # Spawned children inherit the environment: one BLAS/OpenMP thread each on a shared CPU.
         with _env(OMP_NUM_THREADS="1", DGLBACKEND="pytorch"):
-            context = mp.start_processes(
-                _entry, args=(fn, world_size, free_port(), out, args), nprocs=world_size, join=False, start_method="spawn"
+            self._context = mp.start_processes(
+                _entry, args=(fn, world_size, free_port(), self._out.name, args), nprocs=world_size, join=False,
+                start_method="spawn",
             )
-        deadline = time.monotonic() + timeout
-        while not context.join(timeout=1):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    process.kill()
-                raise TimeoutError(f"{world_size} workers running {fn.__name__} did not finish in {timeout:g}s")
-        return [torch.load(Path(out) / f"rank-{r}.pt", weights_only=True) for r in range(world_size)]
+
+    def alive(self) -> bool:
+        return any(p.is_alive() for p in self._context.processes)
+
+    def results(self, timeout: float = 180) -> list[Any]:
+        try:
+            deadline = time.monotonic() + timeout
+            while not self._context.join(timeout=1):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.world_size} workers running {self.name} did not finish in {timeout:g}s")
+            return [torch.load(Path(self._out.name) / f"rank-{r}.pt", weights_only=True) for r in range(self.world_size)]
+        finally:
+            self.kill()
+            self._out.cleanup()
+
+    def kill(self) -> None:
+        for process in self._context.processes:
+            if process.is_alive():
+                process.kill()
+
+
+def start_workers(fn: Callable[..., Any], world_size: int, *args: Any) -> Workers:
+    """``fn(topology, *args)`` on ``world_size`` spawned processes, not waited for."""
+    return Workers(fn, world_size, args)
+
+
+def run_workers(fn: Callable[..., Any], world_size: int, *args: Any, timeout: float = 180) -> list[Any]:
+    """``fn(topology, *args)`` on ``world_size`` spawned processes; their results in rank order."""
+    return start_workers(fn, world_size, *args).results(timeout)
