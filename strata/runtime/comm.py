@@ -132,6 +132,15 @@ class Comm:
         dist.send(tensor.contiguous(), dst=dst)
         self._done("send", _nbytes(tensor), started, [tensor])
 
+    def isend(self, tensor: Tensor, dst: int) -> dist.Work:
+        """Post a send and return at once; the caller keeps ``tensor`` alive until ``wait()``."""
+        if not tensor.is_contiguous():
+            raise ValueError("isend needs a contiguous tensor: a temporary copy could be freed before the send ends")
+        started = time.perf_counter()
+        work = dist.isend(tensor, dst=dst)
+        self._done("send", _nbytes(tensor), started, [])
+        return work
+
     def recv(self, tensor: Tensor, src: int) -> Tensor:
         started = time.perf_counter()
         dist.recv(tensor, src=src)
