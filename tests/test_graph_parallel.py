@@ -40,6 +40,11 @@ def _assignment(world_size: int) -> np.ndarray:
     return np.random.default_rng(world_size).integers(0, world_size, NUM_NODES)
 
 
+def _part(data: NodeData, rank: int, world_size: int):
+    indptr, indices, _ = data.graph.adj_tensors("csc")
+    return local_partition(indptr.numpy(), indices.numpy(), _assignment(world_size), rank, num_parts=world_size)
+
+
 def _graph_parallel_step(topology, names: tuple[str, ...]) -> dict:
     from strata.runtime.comm import Comm
     from strata.runtime.executors.graph_parallel import GraphParallelExecutor
@@ -48,7 +53,8 @@ def _graph_parallel_step(topology, names: tuple[str, ...]) -> dict:
     for name in names:
         model = _model(name)
         comm = Comm(topology.rank, topology.world_size)
-        executor = GraphParallelExecutor(model, _data(model.self_loops), _assignment(topology.world_size), comm)
+        data = _data(model.self_loops)
+        executor = GraphParallelExecutor(model, data, _part(data, topology.rank, topology.world_size), comm)
         step = executor.train_step(0, torch.optim.SGD(model.parameters(), lr=0.0))
         out[name] = {
             "loss": step.loss,
@@ -102,3 +108,35 @@ def test_local_partitions_agree_on_who_sends_what() -> None:
             sent = p.owned[p.send_index[sum(p.send_counts[:q]) : sum(p.send_counts[: q + 1])]]
             received = other.halo[sum(other.recv_counts[:r]) : sum(other.recv_counts[: r + 1])]
             assert (sent == received).all()
+
+
+def _stored_and_in_memory(topology, store: str, name: str) -> dict:
+    from strata.partitioners import open_partition
+    from strata.runtime.comm import Comm
+    from strata.runtime.data import DataConfig, load_node_data
+    from strata.runtime.executors.graph_parallel import global_csc
+    from strata.runtime.executors.partition import from_stored_part
+
+    comm = Comm(topology.rank, topology.world_size)
+    out = {}
+    for self_loops in (True, False):
+        parts = open_partition(store, name)
+        stored = from_stored_part(parts.part(topology.rank), parts.assignment(), comm, self_loops=self_loops)
+        indptr, indices = global_csc(load_node_data(DataConfig(store=store), self_loops=self_loops).graph)
+        memory = local_partition(indptr, indices, parts.assignment(), topology.rank, num_parts=topology.world_size)
+        out[self_loops] = [
+            (a == b) if isinstance(a, (int, tuple)) else bool(np.array_equal(a, b))
+            for a, b in zip(vars(stored).values(), vars(memory).values())
+        ]
+    return out
+
+
+def test_stored_partition_gives_the_in_memory_local_partition(tmp_path) -> None:
+    from strata.partitioners import build
+    from strata.storage.ingest.common import write_graph_data
+
+    store = str(tmp_path / "store")
+    write_graph_data(random_graph(NUM_NODES, NUM_EDGES, feat_dim=FEAT, seed=3), store, "gp", symmetrize=False)
+    build(store, _assignment(3) % 3, "rand-3", halo_hops=2, num_parts=3)
+    for result in run_workers(_stored_and_in_memory, 3, store, "rand-3"):
+        assert all(result[True]) and all(result[False]), result

@@ -44,7 +44,7 @@ def _train(topology, store: str, run_dir: str, base_port: int, sync: str) -> dic
     result = train_node_classifier(
         DataConfig(store=store),
         ModelConfig(name="gcn", hidden=HIDDEN, num_layers=LAYERS, dropout=0.0),
-        TrainConfig(executor="graph_parallel", epochs=EPOCHS, seed=3),
+        TrainConfig(executor="graph_parallel", partitioner="range", epochs=EPOCHS, seed=3),
         CheckpointConfig(),
         MetricsConfig(port=base_port, job="metrics-test"),
         run_dir=run_dir,
@@ -83,11 +83,11 @@ def _halo_total(store: str) -> int:
     from strata.runtime.data import DataConfig, load_node_data
     from strata.runtime.executors.graph_parallel import global_csc
     from strata.runtime.executors.partition import local_partition
-    from strata.runtime.trainer import node_assignment
+    from strata.partitioners import assign
 
     data = load_node_data(DataConfig(store=store), self_loops=True)
     indptr, indices = global_csc(data.graph)
-    parts = node_assignment("range", len(indptr) - 1, WORLD, seed=3)
+    parts = assign((indptr, indices), WORLD, 3, method="range")
     return sum(local_partition(indptr, indices, parts, r, num_parts=WORLD).num_halo for r in range(WORLD))
 
 

@@ -32,20 +32,23 @@ from tqdm.auto import tqdm
 
 from strata.errors import CheckpointError, ConfigError, StrataError
 from strata.models import LayeredModel, ModelConfig, build_gnn
-from strata.runtime.batches import make_batches
+from strata.runtime.batches import FeatureOptions, make_batches
 from strata.runtime.comm import Comm
 from strata.runtime.data import DataConfig, NodeData, load_node_data
 from strata.runtime.executors.base import Executor
-from strata.runtime.executors.graph_parallel import GraphParallelExecutor
+from strata.partitioners import assign, open_partition
+from strata.partitioners.config import METHODS as PARTITION_METHODS
+from strata.runtime.executors.graph_parallel import GraphParallelExecutor, global_csc
 from strata.runtime.executors.minibatch import DataParallelExecutor, evaluate_full_graph, rank_data
+from strata.runtime.executors.partition import LocalPartition, from_stored_part, local_partition
 from strata.runtime.metrics import MetricsConfig, TrainingMetrics
 from strata.runtime.topology import Topology, single_process
 from strata.storage import checkpoint, fs
+from strata.storage.featstore.config import FeaturesConfig
 
 log = logging.getLogger(__name__)
 
 EXECUTORS = ("full", "minibatch", "graph_parallel")
-PARTITIONERS = ("range", "random")
 
 
 @dataclass
@@ -59,8 +62,11 @@ class TrainConfig:
     """How steps run: 'full' (the whole graph in one process), 'minibatch' (sampled mini-batches,
     data parallel over all processes) or 'graph_parallel' (the whole graph cut into one part per
     process, halo embeddings exchanged at every layer); empty = the executor of ``mode``."""
-    partitioner: str = "range"
-    """graph_parallel: how nodes are assigned to processes, 'range' (contiguous ids) or 'random'."""
+    partition: str = ""
+    """graph_parallel: name of a partition of the store (written by 'strata partition --parts N
+    --name NAME', N = number of processes); empty = assign nodes to processes in memory."""
+    partitioner: str = "metis"
+    """graph_parallel without ``partition``: the partitioner, one of random, range, metis, ldg, fennel."""
     epochs: int = 200
     """Maximum number of epochs."""
     lr: float = 0.01
@@ -91,8 +97,8 @@ class TrainConfig:
                 f"{'sampled mini-batches' if implied == 'minibatch' else 'the whole graph'}; drop train.mode"
             )
         self.mode = implied
-        if self.partitioner not in PARTITIONERS:
-            raise ConfigError(f"train.partitioner must be one of {', '.join(PARTITIONERS)}, got '{self.partitioner}'")
+        if self.partitioner not in PARTITION_METHODS:
+            raise ConfigError(f"train.partitioner must be one of {', '.join(PARTITION_METHODS)}, got '{self.partitioner}'")
         if self.epochs < 1:
             raise ConfigError(f"train.epochs must be at least 1, got {self.epochs}")
         if self.lr <= 0 or not math.isfinite(self.lr):
@@ -170,25 +176,38 @@ def evaluate(model: LayeredModel, data: NodeData) -> dict[str, float]:
 # -- executors -----------------------------------------------------------------------------
 
 
-def node_assignment(method: str, num_nodes: int, num_parts: int, seed: int) -> np.ndarray:
-    """The part of every node for graph_parallel.
-
-    Contiguous id ranges or a seeded random draw; to be replaced by the partitioners'
-    ``assign``/``build`` output (metis, ldg, fennel) read from the store.
-    """
-    if method == "random":
-        return np.random.default_rng(seed).integers(0, num_parts, num_nodes)
-    return (np.arange(num_nodes) * num_parts) // max(num_nodes, 1)
+def graph_partition(cfg: TrainConfig, data: NodeData, data_cfg: DataConfig, comm: Comm, *, self_loops: bool) -> LocalPartition:
+    """This rank's part for graph_parallel: read from the store's partition ``cfg.partition``,
+    or assigned in memory by ``cfg.partitioner`` (rank 0 assigns, every rank gets its answer)."""
+    if cfg.partition:
+        parts = open_partition(data_cfg.store, cfg.partition)
+        if parts.num_parts != comm.world_size:
+            raise ConfigError(
+                f"train.partition '{cfg.partition}' has {parts.num_parts} parts but this job has {comm.world_size} "
+                f"processes; start {parts.num_parts} processes, or build a partition with "
+                f"'strata partition {data_cfg.store} --parts {comm.world_size} --name NAME'"
+            )
+        return from_stored_part(parts.part(comm.rank), parts.assignment(), comm, self_loops=self_loops)
+    indptr, indices = global_csc(data.graph)
+    num_nodes = len(indptr) - 1
+    if comm.rank == 0:
+        parts = torch.from_numpy(assign((indptr, indices), comm.world_size, cfg.seed, method=cfg.partitioner).astype(np.int64))
+    else:
+        parts = torch.empty(num_nodes, dtype=torch.int64)
+    assignment = comm.broadcast(parts, 0).numpy()
+    return local_partition(indptr, indices, assignment, comm.rank, num_parts=comm.world_size)
 
 
 def build_executor(
-    cfg: TrainConfig, model: LayeredModel, data: NodeData, comm: Comm, topology: Topology
+    cfg: TrainConfig, model: LayeredModel, data: NodeData, data_cfg: DataConfig, comm: Comm, topology: Topology,
+    features: FeaturesConfig | None = None,
 ) -> Executor:
     if cfg.executor == "graph_parallel":
-        assignment = node_assignment(cfg.partitioner, data.feat.shape[0], comm.world_size, cfg.seed)
-        return GraphParallelExecutor(model, data, assignment, comm, device=topology.device)
+        part = graph_partition(cfg, data, data_cfg, comm, self_loops=model.self_loops)
+        return GraphParallelExecutor(model, data, part, comm, device=topology.device)
     # Each rank samples from its own share of the training nodes; evaluation sees all of data.
-    batches = make_batches(rank_data(data, comm.rank, comm.world_size, cfg.seed), cfg, model.num_graph_layers)
+    options = FeatureOptions.of_job(features, data_cfg, model.self_loops)
+    batches = make_batches(rank_data(data, comm.rank, comm.world_size, cfg.seed), cfg, model.num_graph_layers, options)
     return DataParallelExecutor(cfg.executor, model, data, batches, comm, device=topology.device)
 
 
@@ -272,6 +291,7 @@ def train_node_classifier(
     progress: bool = True,
     topology: Topology | None = None,
     on_step: Callable[[LoopState], None] | None = None,
+    features: FeaturesConfig | None = None,
 ) -> TrainResult:
     """Train on every rank of ``topology`` (default: this one process).
 
@@ -286,7 +306,7 @@ def train_node_classifier(
     jsonl = metrics_cfg.jsonl or fs.join(run_dir, "metrics.jsonl")
 
     probe = build_gnn(model_cfg, 1, 1)
-    data = load_node_data(data_cfg, self_loops=probe.self_loops)
+    data = load_node_data(data_cfg, self_loops=probe.self_loops, load_features=features is None or features.mode == "in_memory")
     model = build_gnn(model_cfg, data.feat.shape[1], data.num_classes).to(topology.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -297,7 +317,7 @@ def train_node_classifier(
     bar = None
     try:
         comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
-        executor = build_executor(cfg, model, data, comm, topology)
+        executor = build_executor(cfg, model, data, data_cfg, comm, topology, features)
         if topology.is_distributed:
             torch.manual_seed(_rank_seed(cfg.seed, topology.rank))
 

@@ -28,7 +28,7 @@ from strata.runtime.comm import Comm
 from strata.runtime.data import NodeData
 from strata.runtime.executors.base import StepResult, all_reduce_gradients, broadcast_parameters
 from strata.runtime.executors.halo import exchange_halo
-from strata.runtime.executors.partition import LocalPartition, local_partition
+from strata.runtime.executors.partition import LocalPartition
 
 
 def global_csc(graph: object) -> tuple[np.ndarray, np.ndarray]:
@@ -55,20 +55,23 @@ class GraphParallelExecutor:
 
     name = "graph_parallel"
 
-    def __init__(self, model: LayeredModel, data: NodeData, assignment: np.ndarray, comm: Comm, *, device: str = "cpu") -> None:
+    def __init__(self, model: LayeredModel, data: NodeData, part: LocalPartition, comm: Comm, *, device: str = "cpu") -> None:
         num_nodes = data.feat.shape[0]
-        if assignment.shape != (num_nodes,):
-            raise ConfigError(f"graph_parallel needs one part id per node ({num_nodes}), got {assignment.shape}")
+        if part.num_parts != comm.world_size or part.rank != comm.rank:
+            raise ConfigError(
+                f"rank {comm.rank} of {comm.world_size} got part {part.rank} of {part.num_parts}: "
+                "graph_parallel needs one part per process"
+            )
         if len(data.splits["train"]) == 0:
             raise ConfigError("graph_parallel: the data set has no training nodes")
         self.model = model.to(device)
         self.comm = comm
         self.device = device
-        indptr, indices = global_csc(data.graph)
-        self.part = local_partition(indptr, indices, assignment, comm.rank, num_parts=comm.world_size)
-        in_deg = np.diff(indptr)
-        out_deg = np.bincount(indices, minlength=num_nodes)
-        self.block = local_block(self.part, in_deg, out_deg).to(device)
+        self.part = part
+        # Degrees of the whole graph as the model sees it (self loops included).
+        in_deg = data.graph.in_degrees().numpy()  # type: ignore[attr-defined]
+        out_deg = data.graph.out_degrees().numpy()  # type: ignore[attr-defined]
+        self.block = local_block(part, in_deg, out_deg).to(device)
         self.send_index = torch.from_numpy(self.part.send_index).to(device)
         owned = torch.from_numpy(self.part.owned)
         self.x = data.feat[owned].to(device)  # (num_owned, feat_dim)

@@ -1,7 +1,10 @@
-"""One rank's piece of the graph for graph-parallel training, built in memory.
+"""One rank's piece of the graph for graph-parallel training.
 
-A stand-in until the partitioners' ``build`` output (``partitions/<name>/part-<k>/``) is
-read instead: from a whole CSC graph and a part id per node it derives what one rank needs.
+Two sources give the same :class:`LocalPartition`: :func:`local_partition` derives it in
+memory from the whole CSC graph and a part id per node (every rank can compute every
+rank's halo, so no communication); :func:`from_stored_part` reads one part written by
+``strata partition`` (``partitions/<name>/part-<k>/``) and learns, with one id exchange,
+which of its owned nodes the other ranks hold as halo.
 Local node ids put the owned nodes first (sorted by global id), then the 1-hop halo grouped
 by owning rank (sorted by global id within each owner)::
 
@@ -17,6 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from strata.errors import PartitionError
+from strata.partitioners import Partition
+from strata.runtime.comm import Comm
 
 
 @dataclass(frozen=True)
@@ -88,3 +96,62 @@ def local_partition(
         send_counts=tuple(int(c) for c in send_counts),
         recv_counts=tuple(int(c) for c in recv_counts),
     )
+
+
+def from_stored_part(part: Partition, assignment: np.ndarray, comm: Comm, *, self_loops: bool) -> LocalPartition:
+    """The :class:`LocalPartition` of a part built by the partitioners, for rank ``comm.rank``.
+
+    Stored parts hold the store's graph, which has no self loops; ``self_loops`` adds one per
+    owned node (replacing any already there), as :func:`strata.runtime.data.to_dgl` does for
+    the whole graph. Every rank must call this: it exchanges the halo ids with their owners.
+    """
+    num_owned = part.num_owned
+    owned = part.owned
+    hop1 = part.local_to_global[num_owned : num_owned + (part.halo_per_hop[0] if part.halo_per_hop else 0)]
+    owner = assignment[hop1]
+    if (owner == comm.rank).any() or not np.array_equal(assignment[owned], np.full(num_owned, comm.rank)):
+        raise PartitionError(f"part {part.part_id} does not match the partition's assignment for rank {comm.rank}")
+    order = np.lexsort((hop1, owner))
+    halo = hop1[order]
+    # Stored local ids -> ours: owned keep theirs, hop-1 halo nodes are regrouped by owner.
+    renumber = np.full(part.num_local, -1, dtype=np.int64)
+    renumber[:num_owned] = np.arange(num_owned)
+    renumber[num_owned + order] = num_owned + np.arange(len(halo))
+    indptr = part.indptr[: num_owned + 1].astype(np.int64)
+    indices = renumber[part.indices[: indptr[-1]]]
+    if (indices < 0).any():
+        raise PartitionError(f"part {part.part_id}: an owned node has an in-neighbour outside its 1-hop halo")
+    if self_loops:
+        indptr, indices = _with_self_loops(indptr, indices)
+
+    recv_counts = np.bincount(owner, minlength=comm.world_size)
+    ones = [1] * comm.world_size
+    send_counts = comm.all_to_all_single(torch.from_numpy(recv_counts.astype(np.int64)), ones, ones).numpy()
+    requested = comm.all_to_all_single(torch.from_numpy(halo.astype(np.int64)), recv_counts.tolist(), send_counts.tolist())
+    requested = requested.numpy()
+    send_index = np.searchsorted(owned, requested)
+    if len(requested) and (send_index.max() >= len(owned) or not np.array_equal(owned[send_index], requested)):
+        raise PartitionError(f"rank {comm.rank} was asked for nodes it does not own: the parts disagree; rebuild the partition")
+    return LocalPartition(
+        rank=comm.rank,
+        num_parts=comm.world_size,
+        owned=owned,
+        halo=halo,
+        indptr=indptr,
+        indices=indices,
+        send_index=send_index.astype(np.int64),
+        send_counts=tuple(int(c) for c in send_counts),
+        recv_counts=tuple(int(c) for c in recv_counts),
+    )
+
+
+def _with_self_loops(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One self loop per destination node, at the end of its in-edges; old self loops dropped."""
+    num_dst = len(indptr) - 1
+    dst = np.repeat(np.arange(num_dst), np.diff(indptr))
+    keep = indices != dst
+    counts = np.bincount(dst[keep], minlength=num_dst) + 1
+    out_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    kept_indptr = np.concatenate([[0], np.cumsum(counts - 1)])
+    out = np.insert(indices[keep], kept_indptr[1:], np.arange(num_dst))
+    return out_indptr, out.astype(np.int64)
