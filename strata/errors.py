@@ -23,3 +23,7 @@ class CheckpointError(StrataError):
 
 class PartitionError(StrataError):
     """A partitioning request is invalid, or a partition on disk is missing or incomplete."""
+
+
+class PackError(StoreError):
+    """A pack of offline-sampled batches is missing, incomplete, corrupt or made for another run."""

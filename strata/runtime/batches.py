@@ -2,11 +2,17 @@
 
 A batch source yields the steps of one epoch, starting at a given step, and depends only on
 (seed, epoch, step), so a resumed run sees exactly the batches the uninterrupted run saw.
+
+Sampled batches come in three ways that differ only in how feature bytes arrive
+(``features.mode``): ``in_memory`` gathers rows from the loaded feature matrix; ``cached``
+samples online and reads rows through the tiered feature store; ``packed`` reads blocks and
+rows that ``strata pack`` wrote ahead of time. All three use one sampler
+(:mod:`strata.storage.featstore.sampling`) with the same seeds, so for a given seed they
+yield the same blocks and the same ``x``, bit for bit.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Protocol
 
@@ -14,20 +20,24 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from strata._dgl import dgl
 from strata.errors import ConfigError
-from strata.runtime.data import NodeData
+from strata.runtime.data import DataConfig, NodeData
+from strata.storage.featstore.caches import FeatureCounters
+from strata.storage.featstore.config import FeaturesConfig
+from strata.storage.featstore.sampling import (  # noqa: F401  (step_seed, SHUFFLE, SAMPLE re-exported)
+    SAMPLE,
+    SHUFFLE,
+    EpochPlan,
+    NeighbourSampler,
+    SamplerConfig,
+    graph_csc,
+    sample_step,
+    step_seed,
+)
 
 if TYPE_CHECKING:
     from strata.runtime.trainer import TrainConfig
-
-SHUFFLE, SAMPLE = 0, 1
-
-
-def step_seed(seed: int, purpose: int, epoch: int, step: int = 0) -> int:
-    """A seed for one ``purpose`` (SHUFFLE, SAMPLE) that depends only on (seed, epoch, step)."""
-    # DGL takes seeds below 2**31.
-    return int(np.random.SeedSequence([seed, purpose, epoch, step]).generate_state(1, dtype=np.uint32)[0] >> 1)
+    from strata.storage.featstore.loader import FeatureLoader
 
 
 # -- batches -------------------------------------------------------------------------------
@@ -65,35 +75,128 @@ class FullGraphBatches:
             yield Batch(self.data.graph, self.data.feat, self.train, self.data.label[self.train])
 
 
+def _train_ids(data: NodeData) -> np.ndarray:
+    train = data.splits["train"]
+    return np.asarray(train.numpy() if isinstance(train, Tensor) else train, dtype=np.int64)
+
+
+def _batch(data: NodeData, blocks: list[object], x: Tensor, output_nodes: np.ndarray) -> Batch:
+    out = torch.from_numpy(np.ascontiguousarray(output_nodes, dtype=np.int64))
+    return Batch(blocks, x, torch.arange(len(out)), data.label[out])
+
+
 class SampledBatches:
-    """Shuffled seed batches with neighbour-sampled blocks; deterministic per (seed, epoch, step)."""
+    """Shuffled seed batches with neighbour-sampled blocks, features from memory;
+    deterministic per (seed, epoch, step), whatever the number of threads or processes."""
 
     def __init__(self, data: NodeData, cfg: "TrainConfig", num_graph_layers: int) -> None:
-        if len(cfg.fanouts) != num_graph_layers:
-            raise ConfigError(
-                f"train.fanouts has {len(cfg.fanouts)} entries but the model has {num_graph_layers} graph layers"
-            )
+        _check_fanouts(cfg, num_graph_layers)
         self.data = data
-        self.cfg = cfg
-        self.train = data.splits["train"]
-        self.sampler = dgl.dataloading.NeighborSampler(list(cfg.fanouts))
+        self.plan = EpochPlan(_train_ids(data), cfg.batch_size, cfg.seed)
+        self.sampler = NeighbourSampler(*graph_csc(data.graph), list(cfg.fanouts))
 
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train) / self.cfg.batch_size)
+        return self.plan.steps_per_epoch()
 
     def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
-        generator = torch.Generator().manual_seed(step_seed(self.cfg.seed, SHUFFLE, epoch))
-        order = self.train[torch.randperm(len(self.train), generator=generator)]
+        order = self.plan.order(epoch)
         for step in range(start, self.steps_per_epoch()):
-            seeds = order[step * self.cfg.batch_size : (step + 1) * self.cfg.batch_size]
-            dgl.seed(step_seed(self.cfg.seed, SAMPLE, epoch, step))
-            input_nodes, output_nodes, blocks = self.sampler.sample_blocks(self.data.graph, seeds)
-            yield Batch(blocks, self.data.feat[input_nodes], torch.arange(len(output_nodes)), self.data.label[output_nodes])
+            sampled = sample_step(self.sampler, self.plan, order, epoch, step)
+            x = self.data.feat[torch.from_numpy(sampled.input_nodes)]
+            yield _batch(self.data, sampled.to_blocks(), x, sampled.output_nodes)
 
 
+class StoreBatches:
+    """Sampled batches whose blocks and features come from the tiered feature store
+    (``cached`` or ``packed`` mode), loaded ahead on background threads."""
 
-def make_batches(data: NodeData, cfg: "TrainConfig", num_graph_layers: int) -> BatchSource:
-    """The batch source ``cfg.mode`` asks for."""
+    def __init__(self, data: NodeData, loader: "FeatureLoader", features: FeaturesConfig) -> None:
+        self.data = data
+        self.loader = loader
+        self.features = features
+
+    @property
+    def counters(self) -> FeatureCounters:
+        """Hits, bytes and seconds per tier (for strata_cache_hits_total and
+        strata_storage_read_bytes_total)."""
+        return self.loader.counters
+
+    def steps_per_epoch(self) -> int:
+        return self.loader.steps_per_epoch()
+
+    def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
+        from strata.storage.featstore.prefetch import prefetched
+
+        def load(step: int) -> Batch:
+            loaded = self.loader.load(epoch, step)
+            return _batch(self.data, loaded.blocks, loaded.x, loaded.output_nodes)
+
+        steps = range(start, self.steps_per_epoch())
+        yield from prefetched(load, steps, depth=self.features.prefetch, workers=self.features.workers)
+
+    def close(self) -> None:
+        self.loader.close()
+
+
+def _check_fanouts(cfg: "TrainConfig", num_graph_layers: int) -> None:
+    if len(cfg.fanouts) != num_graph_layers:
+        raise ConfigError(f"train.fanouts has {len(cfg.fanouts)} entries but the model has {num_graph_layers} graph layers")
+
+
+@dataclass
+class FeatureOptions:
+    """What the cached and packed modes need beyond the train config: they read features
+    from the store, not from ``data.feat``."""
+
+    features: FeaturesConfig
+    """The job's ``features`` section."""
+    store: str
+    """URL of the dataset store (data.store)."""
+    self_loops: bool = False
+    """Whether the model's graph has self loops (the sampler walks them too)."""
+    normalize: bool = False
+    """data.normalize_features."""
+    partition: str = ""
+    """Name of the partition whose part ``data``'s training nodes are, if any."""
+    part: int = -1
+    device: torch.device | None = None
+    """Where batches are assembled (a CUDA device enables the device cache); default CPU."""
+
+    @classmethod
+    def of_job(cls, features: FeaturesConfig | None, data_cfg: DataConfig, self_loops: bool) -> "FeatureOptions | None":
+        """The options of a job's ``features`` and ``data`` sections; None means in memory."""
+        if features is None:
+            return None
+        return cls(features, data_cfg.store, self_loops, data_cfg.normalize_features)
+
+
+def make_batches(
+    data: NodeData, cfg: "TrainConfig", num_graph_layers: int, options: FeatureOptions | None = None
+) -> BatchSource:
+    """The batch source ``cfg.mode`` and ``options.features.mode`` ask for (in memory by default)."""
+    mode = options.features.mode if options is not None else "in_memory"
     if cfg.mode == "full":
+        if mode != "in_memory":
+            raise ConfigError(f"features.mode '{mode}' serves sampled mini-batches; train.mode 'full' needs features.mode 'in_memory'")
         return FullGraphBatches(data)
-    return SampledBatches(data, cfg, num_graph_layers)
+    if mode == "in_memory":
+        return SampledBatches(data, cfg, num_graph_layers)
+    assert options is not None
+    _check_fanouts(cfg, num_graph_layers)
+    if not options.store:
+        raise ConfigError(f"features.mode '{mode}' reads features from the store, but no store URL was given")
+    from strata.storage.featstore import loader as featloader
+    from strata.storage.store import DatasetStore
+
+    sampler = SamplerConfig(list(cfg.fanouts), cfg.batch_size, cfg.seed, options.self_loops)
+    if mode == "packed":
+        loader: FeatureLoader = featloader.open_packed(
+            options.features, options.store, sampler, cfg.epochs, _train_ids(data),
+            partition=options.partition, part=options.part, normalize=options.normalize, device=options.device,
+        )
+    else:
+        loader = featloader.CachedLoader(
+            DatasetStore.open(options.store), graph_csc(data.graph), sampler, _train_ids(data), options.features,
+            normalize=options.normalize, device=options.device,
+        )
+    return StoreBatches(data, loader, options.features)

@@ -1,0 +1,211 @@
+"""Feature loaders: one training step's blocks and input features, from a pack or online.
+
+``PackedLoader`` reads the step's block record and feature segment from a pack and fills
+the hot rows from the caches; ``CachedLoader`` samples the step online (same sampler, same
+seeds) and reads what the caches miss from the store. Both return exactly what in-memory
+training builds for that (seed, epoch, step). They are thread-safe, so several prefetch
+threads can load steps at once.
+
+Memory: the host cache and the batches in flight stay within ``host_cache_bytes``
+(:meth:`FeaturesConfig.cache_rows`). On top of that a process holds a fixed overhead: the
+interpreter with torch and DGL, the graph topology and labels (the trainer keeps them in
+memory), and one fall-back read (at most ``max_read_bytes``) per worker.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from strata.errors import PackError
+from strata.storage import fs
+from strata.storage.featstore import format as fmt
+from strata.storage.featstore.caches import FeatureCounters, NodeCache, is_member
+from strata.storage.featstore.config import FeaturesConfig
+from strata.storage.featstore.reader import PackReader
+from strata.storage.featstore.rows import ChunkedRows
+from strata.storage.featstore.sampling import EpochPlan, NeighbourSampler, SamplerConfig, sample_step
+from strata.storage.featstore.tiered import TieredFeatures
+from strata.storage.featstore.writer import default_pack_dir
+from strata.storage.store import DatasetStore
+
+
+@dataclass
+class LoadedStep:
+    """One step's sampled blocks and input features."""
+
+    blocks: list[object]
+    x: Tensor
+    """(num_input_nodes, F) input features, on the loader's device."""
+    output_nodes: np.ndarray
+    """Global ids of the last block's destination nodes (the step's seeds)."""
+
+
+class FeatureLoader(Protocol):
+    counters: FeatureCounters
+
+    def steps_per_epoch(self) -> int: ...
+
+    def load(self, epoch: int, step: int) -> LoadedStep: ...
+
+    def close(self) -> None: ...
+
+
+def _normalize(x: Tensor) -> Tensor:
+    # The same expression as strata.runtime.data applies to the whole matrix; per row, equal.
+    return x / x.sum(1, keepdim=True).clamp(min=1e-12)
+
+
+def _caches(
+    ids_hottest_first: np.ndarray, rows: np.ndarray, device_rows: int, device: torch.device
+) -> tuple[NodeCache, NodeCache]:
+    """Split hot rows between the device cache (hottest) and the host cache (the rest)."""
+    dim = rows.shape[1]
+    table = torch.from_numpy(rows)
+    on_device = device_rows if device.type == "cuda" else 0
+    device_cache = NodeCache(ids_hottest_first[:on_device], table[:on_device], dim, device)
+    host_cache = NodeCache(ids_hottest_first[on_device:], table[on_device:], dim, torch.device("cpu"))
+    return device_cache, host_cache
+
+
+class PackedLoader:
+    """Steps from a pack: sequential segment reads, hot rows from the caches."""
+
+    def __init__(
+        self,
+        reader: PackReader,
+        store: DatasetStore,
+        cfg: FeaturesConfig,
+        *,
+        normalize: bool = False,
+        device: torch.device | None = None,
+    ) -> None:
+        self.reader = reader
+        self.counters = reader.counters
+        self.normalize = normalize
+        manifest, summary = reader.manifest, reader.summary
+        fallback = ChunkedRows(store, max_read_bytes=cfg.max_read_bytes)
+        if (fallback.dim, str(fallback.dtype)) != (manifest.feat_dim, manifest.dtype):
+            raise PackError(f"pack '{reader.url}' holds {manifest.dtype} rows of width {manifest.feat_dim}, the store {fallback.dtype} of width {fallback.dim}")
+        device = device or torch.device("cpu")
+        row_bytes = manifest.row_bytes
+        hot = reader.hot_ids()
+        self.hot_sorted = np.sort(hot)
+        device_rows = cfg.device_cache_bytes // row_bytes if device.type == "cuda" else 0
+        cached = min(len(hot), device_rows + cfg.cache_rows(row_bytes, summary.max_input_rows))
+        device_cache, host_cache = _caches(hot[:cached], reader.hot_rows(cached), device_rows, device)
+        self.tiers = TieredFeatures(fallback, self.counters, device_cache=device_cache, host_cache=host_cache, device=device)
+
+    def steps_per_epoch(self) -> int:
+        return self.reader.manifest.steps_per_epoch
+
+    def load(self, epoch: int, step: int) -> LoadedStep:
+        record = self.reader.record(epoch, step)
+        segment = self.reader.segment(epoch, step)
+        packed_pos = np.flatnonzero(~is_member(record.input_nodes, self.hot_sorted))
+        if len(packed_pos) != len(segment):
+            raise PackError(
+                f"pack '{self.reader.url}' epoch {epoch} step {step}: the segment holds {len(segment)} rows "
+                f"but the batch has {len(packed_pos)} non-hot input nodes; the pack is corrupt; re-run 'strata pack --overwrite'"
+            )
+        x = self.tiers.assemble(record.input_nodes, segment, packed_pos)
+        return LoadedStep(record.to_blocks(), _normalize(x) if self.normalize else x, record.output_nodes)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class CachedLoader:
+    """Steps sampled online; features from the caches, the rest read from the store in chunk runs.
+
+    Without an offline pass the hot set is the nodes of highest in-degree (ties: lower id),
+    the usual static stand-in for access counts under neighbour sampling.
+    """
+
+    def __init__(
+        self,
+        store: DatasetStore,
+        csc: tuple[np.ndarray, np.ndarray],
+        sampler: SamplerConfig,
+        train_ids: np.ndarray,
+        cfg: FeaturesConfig,
+        *,
+        normalize: bool = False,
+        device: torch.device | None = None,
+        counters: FeatureCounters | None = None,
+    ) -> None:
+        self.counters = counters or FeatureCounters()
+        self.normalize = normalize
+        self.sampler = NeighbourSampler(csc[0], csc[1], sampler.fanouts)
+        self.plan = EpochPlan(np.asarray(train_ids, dtype=np.int64), sampler.batch_size, sampler.seed)
+        fallback = ChunkedRows(store, max_read_bytes=cfg.max_read_bytes)
+        device = device or torch.device("cpu")
+        num_nodes = len(csc[0]) - 1
+        device_rows = cfg.device_cache_bytes // fallback.row_bytes if device.type == "cuda" else 0
+        cached = min(num_nodes, device_rows + cfg.cache_rows(fallback.row_bytes, sampler.max_input_rows(num_nodes)))
+        degree = np.diff(csc[0])
+        hot = np.lexsort((np.arange(num_nodes), -degree))[:cached].astype(np.int64)
+        order = np.argsort(hot, kind="stable")
+        rows_sorted, nbytes = fallback.gather(hot[order])
+        self.counters.add_other(cache_fill=nbytes)
+        rows = np.empty_like(rows_sorted)
+        rows[order] = rows_sorted
+        del rows_sorted
+        device_cache, host_cache = _caches(hot, rows, device_rows, device)
+        self.tiers = TieredFeatures(fallback, self.counters, device_cache=device_cache, host_cache=host_cache, device=device)
+        self._lock = threading.Lock()
+        self._order: tuple[int, np.ndarray] | None = None
+
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch()
+
+    def load(self, epoch: int, step: int) -> LoadedStep:
+        with self._lock:
+            if self._order is None or self._order[0] != epoch:
+                self._order = (epoch, self.plan.order(epoch))
+            order = self._order[1]
+        sampled = sample_step(self.sampler, self.plan, order, epoch, step)
+        x = self.tiers.assemble(sampled.input_nodes)
+        return LoadedStep(sampled.to_blocks(), _normalize(x) if self.normalize else x, sampled.output_nodes)
+
+    def close(self) -> None:
+        pass
+
+
+def open_packed(
+    cfg: FeaturesConfig,
+    store_url: str,
+    sampler: SamplerConfig,
+    epochs: int,
+    train_ids: np.ndarray,
+    *,
+    partition: str = "",
+    part: int = -1,
+    normalize: bool = False,
+    device: torch.device | None = None,
+) -> PackedLoader:
+    """The loader of the pack made for this run; any other pack is refused, saying why."""
+    store = DatasetStore.open(store_url)
+    expected = fmt.fingerprint_fields(store, sampler, epochs, np.asarray(train_ids, dtype=np.int64), partition, part)
+    url = cfg.pack_dir or default_pack_dir(store.url, fmt.fingerprint(expected))
+    if not fs.exists(fs.join(url, fmt.MANIFEST)):
+        fanouts = ",".join(str(f) for f in sampler.fanouts)
+        where = "" if cfg.pack_dir else " (features.pack_dir is empty: the default place for this run)"
+        raise PackError(
+            f"no pack at '{url}'{where}; write it with: strata pack {store.url} --fanouts {fanouts} "
+            f"--batch-size {sampler.batch_size} --epochs {epochs} --seed {sampler.seed}"
+            + (" --self-loops" if sampler.self_loops else "")
+            + (f" --partition {partition} --part {part}" if partition else "")
+            + (f" --out {cfg.pack_dir}" if cfg.pack_dir else "")
+        )
+    reader = PackReader.open(url, expected, verify=cfg.verify_checksums, spill_dir=cfg.spill_dir)
+    try:
+        return PackedLoader(reader, store, cfg, normalize=normalize, device=device)
+    except BaseException:
+        reader.close()
+        raise
