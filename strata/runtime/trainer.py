@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from strata.errors import CheckpointError, ConfigError, StrataError
 from strata.models import LayeredModel, ModelConfig, build_gnn
-from strata.runtime.batches import make_batches
+from strata.runtime.batches import FeatureOptions, make_batches
 from strata.runtime.comm import Comm
 from strata.runtime.data import DataConfig, NodeData, load_node_data
 from strata.runtime.executors.base import Executor
@@ -44,6 +44,7 @@ from strata.runtime.executors.partition import LocalPartition, from_stored_part,
 from strata.runtime.metrics import MetricsConfig, TrainingMetrics
 from strata.runtime.topology import Topology, single_process
 from strata.storage import checkpoint, fs
+from strata.storage.featstore.config import FeaturesConfig
 
 log = logging.getLogger(__name__)
 
@@ -198,13 +199,15 @@ def graph_partition(cfg: TrainConfig, data: NodeData, data_cfg: DataConfig, comm
 
 
 def build_executor(
-    cfg: TrainConfig, model: LayeredModel, data: NodeData, data_cfg: DataConfig, comm: Comm, topology: Topology
+    cfg: TrainConfig, model: LayeredModel, data: NodeData, data_cfg: DataConfig, comm: Comm, topology: Topology,
+    features: FeaturesConfig | None = None,
 ) -> Executor:
     if cfg.executor == "graph_parallel":
         part = graph_partition(cfg, data, data_cfg, comm, self_loops=model.self_loops)
         return GraphParallelExecutor(model, data, part, comm, device=topology.device)
     # Each rank samples from its own share of the training nodes; evaluation sees all of data.
-    batches = make_batches(rank_data(data, comm.rank, comm.world_size, cfg.seed), cfg, model.num_graph_layers)
+    options = FeatureOptions.of_job(features, data_cfg, model.self_loops)
+    batches = make_batches(rank_data(data, comm.rank, comm.world_size, cfg.seed), cfg, model.num_graph_layers, options)
     return DataParallelExecutor(cfg.executor, model, data, batches, comm, device=topology.device)
 
 
@@ -288,6 +291,7 @@ def train_node_classifier(
     progress: bool = True,
     topology: Topology | None = None,
     on_step: Callable[[LoopState], None] | None = None,
+    features: FeaturesConfig | None = None,
 ) -> TrainResult:
     """Train on every rank of ``topology`` (default: this one process).
 
@@ -302,7 +306,7 @@ def train_node_classifier(
     jsonl = metrics_cfg.jsonl or fs.join(run_dir, "metrics.jsonl")
 
     probe = build_gnn(model_cfg, 1, 1)
-    data = load_node_data(data_cfg, self_loops=probe.self_loops)
+    data = load_node_data(data_cfg, self_loops=probe.self_loops, load_features=features is None or features.mode == "in_memory")
     model = build_gnn(model_cfg, data.feat.shape[1], data.num_classes).to(topology.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -313,7 +317,7 @@ def train_node_classifier(
     bar = None
     try:
         comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
-        executor = build_executor(cfg, model, data, data_cfg, comm, topology)
+        executor = build_executor(cfg, model, data, data_cfg, comm, topology, features)
         if topology.is_distributed:
             torch.manual_seed(_rank_seed(cfg.seed, topology.rank))
 
