@@ -11,6 +11,7 @@ from strata.runtime.data import DataConfig
 from strata.runtime.distributed import DistributedConfig
 from strata.runtime.metrics import MetricsConfig
 from strata.runtime.trainer import CheckpointConfig, TrainConfig
+from strata.storage.featstore.config import FeaturesConfig
 
 
 @dataclass
@@ -27,6 +28,8 @@ class JobConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    """How node features reach training: in memory, cached, or packed by `strata pack`."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     def __post_init__(self) -> None:
