@@ -22,8 +22,11 @@ class PartitionConfig:
     seed: int = 0
     """Seed of the random partitioner and of tie-breaking in the streaming ones (METIS is deterministic)."""
     passes: int = 0
-    """Streaming passes over the edges for ldg/fennel; 0 picks the method's default (ldg 1, fennel 10).
-    Passes after the first restream: every node is taken out and placed again with all neighbours known."""
+    """Streaming passes over the edges for ldg/fennel, at most; 0 picks the method's default (ldg 1,
+    fennel 10). Passes after the first restream: every node is taken out and placed again with
+    all neighbours known; restreaming stops early once a pass moves fewer than ``converged``."""
+    converged: float = 0.001
+    """Streaming: stop restreaming early after a pass that moves fewer than this share of the nodes."""
     grow: bool = True
     """Fennel: before ``passes``, grow the parts outwards from the k highest in-degree nodes
     (a few extra passes); without it the first pass places early nodes knowing nothing."""
@@ -51,6 +54,8 @@ class PartitionConfig:
             )
         if int(self.passes) < 0:
             raise PartitionError(f"partition.passes must be >= 0 (0 = the method's default), got {self.passes}")
+        if not 0.0 <= self.converged < 1.0:
+            raise PartitionError(f"partition.converged must be in [0, 1), got {self.converged}")
         if not 0.0 <= self.balance_slack <= 10.0:
             raise PartitionError(f"partition.balance_slack must be in [0, 10], got {self.balance_slack}")
         if self.gamma <= 1.0:

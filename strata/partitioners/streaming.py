@@ -21,9 +21,10 @@ synthetic graphs), where one pass places the early nodes knowing nothing:
 1. growth: the k nodes of highest in-degree seed the k parts, and passes place only nodes
    with an already placed in-neighbour, so parts grow outwards like breadth-first searches
    until a pass places fewer than 1% of the nodes;
-2. restreaming (Nishimura & Ugander, 2013): ``passes`` more passes take every node out of
-   its part and place it again with all its neighbours' parts known. The first of them also
-   places what growth never reached (nodes without in-edges, small components).
+2. restreaming (Nishimura & Ugander, 2013): up to ``passes`` more passes take every node out
+   of its part and place it again with all its neighbours' parts known, until a pass moves
+   fewer than ``converged`` of the nodes. The first of them also places what growth never
+   reached (nodes without in-edges, small components).
 """
 
 from __future__ import annotations
@@ -74,8 +75,11 @@ def _stream(graph: GraphSource, cfg: PartitionConfig, method: str, progress: boo
                 bar.total += n
                 if one_pass(growing=True) < GROWTH_STOP * n:
                     break
-        for _ in range(passes):
-            one_pass(growing=False)
+        for done in range(passes):
+            moved = one_pass(growing=False)
+            if done and moved < cfg.converged * n:
+                bar.total -= n * (passes - done - 1)
+                break
     return np.asarray(placer.parts, dtype=np.int32)
 
 
@@ -117,7 +121,8 @@ class _Placer:
             self._resize(p, 1)
 
     def place_chunk(self, start: int, indptr: list[int], indices: list[int], growing: bool) -> int:
-        """Place (or, restreaming, re-place) nodes start.. of one chunk; returns how many were newly placed.
+        """Place (or, restreaming, re-place) nodes start.. of one chunk; returns how many changed part
+        (newly placed ones included).
 
         ``growing``: skip placed nodes and leave nodes with no placed in-neighbour for later.
         """
@@ -152,5 +157,5 @@ class _Placer:
                     best, best_score, best_size = p, score, size
             parts[v] = best
             self._resize(best, 1)
-            placed += old < 0
+            placed += old != best
         return placed
