@@ -328,3 +328,34 @@ def test_features_config_validation() -> None:
         FeaturesConfig(workers=0)
     with pytest.raises(ConfigError, match="features.prefetch"):
         FeaturesConfig(prefetch=-1)
+
+
+def test_features_section_of_a_job_config(tmp_path) -> None:
+    from strata.launch.job import load_job
+
+    config = tmp_path / "job.yaml"
+    config.write_text("data: {store: x}\nfeatures: {mode: packed, host_cache_bytes: 1000000, prefetch: 1}\n")
+    job = load_job(str(config))
+    assert (job.features.mode, job.features.host_cache_bytes, job.features.prefetch) == ("packed", 1_000_000, 1)
+    config.write_text("data: {store: x}\nfeatures: {mode: packd}\n")
+    with pytest.raises(ConfigError, match="features.mode must be one of"):
+        load_job(str(config))
+    config.write_text("data: {store: x}\nfeatures: {cache: 3}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'features.cache'"):
+        load_job(str(config))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the device cache tier needs a CUDA device")
+def test_device_cache_serves_the_hottest_rows_on_cuda(syn_store: str) -> None:
+    budget = _budget(syn_store, SAMPLER, 200, epochs=1)
+    pack(syn_store, SAMPLER, 1, host_cache_bytes=budget, progress=False)
+    store = DatasetStore.open(syn_store)
+    cfg = FeaturesConfig(mode="packed", host_cache_bytes=budget, device_cache_bytes=50 * 64)
+    loader = open_packed(cfg, syn_store, SAMPLER, 1, store.split("train"), device=torch.device("cuda"))
+    try:
+        record = loader.reader.record(0, 0)
+        x = loader.load(0, 0).x
+        assert x.is_cuda and torch.equal(x.cpu(), torch.from_numpy(store.features()[record.input_nodes]))
+        assert loader.counters.cache_hits()["device"] > 0
+    finally:
+        loader.close()

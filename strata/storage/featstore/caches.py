@@ -102,22 +102,22 @@ class FeatureCounters:
 class NodeCache:
     """The rows of a fixed set of nodes, on one device; lookups by global node id.
 
-    Ids are kept sorted, so membership is a binary search: memory stays proportional to the
-    cache, not to the graph. An empty cache (no rows, or no such device) answers every lookup
-    with no hits through the same code.
+    Rows stay in the order given (no copy); a sorted copy of the ids and the permutation to
+    their rows make membership a binary search, so memory stays proportional to the cache,
+    not to the graph. An empty cache (no rows, or no such device) answers every lookup with
+    no hits through the same code.
     """
 
     def __init__(self, ids: np.ndarray, rows: Tensor | None, feat_dim: int, device: torch.device) -> None:
         ids = np.asarray(ids, dtype=np.int64)
-        order = np.argsort(ids, kind="stable")
-        self.ids = ids[order]
         self.device = device
         if rows is None or len(ids) == 0:
+            ids = ids[:0]
             self.rows = torch.empty((0, feat_dim), device=device)
-            self.ids = self.ids[:0]
         else:
-            index = torch.from_numpy(order).to(rows.device)
-            self.rows = rows.index_select(0, index).to(device)
+            self.rows = rows.to(device)
+        self._slot_of_sorted = np.argsort(ids, kind="stable")
+        self.ids = ids[self._slot_of_sorted]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -127,14 +127,14 @@ class NodeCache:
         return self.rows.numel() * self.rows.element_size()
 
     def lookup(self, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(positions in ``nodes`` that are cached, their slots in :attr:`rows`)."""
+        """(positions in ``nodes`` that are cached, their rows in :attr:`rows`)."""
         if len(self.ids) == 0 or len(nodes) == 0:
             empty = np.empty(0, dtype=np.int64)
             return empty, empty
-        slot = np.searchsorted(self.ids, nodes)
-        slot[slot == len(self.ids)] = 0
-        pos = np.flatnonzero(self.ids[slot] == nodes)
-        return pos, slot[pos]
+        at = np.searchsorted(self.ids, nodes)
+        at[at == len(self.ids)] = 0
+        pos = np.flatnonzero(self.ids[at] == nodes)
+        return pos, self._slot_of_sorted[at[pos]]
 
 
 def is_member(nodes: np.ndarray, sorted_ids: np.ndarray) -> np.ndarray:

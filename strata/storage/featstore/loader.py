@@ -61,16 +61,19 @@ def _normalize(x: Tensor) -> Tensor:
     return x / x.sum(1, keepdim=True).clamp(min=1e-12)
 
 
-def _caches(
-    ids_hottest_first: np.ndarray, rows: np.ndarray, device_rows: int, device: torch.device
-) -> tuple[NodeCache, NodeCache]:
-    """Split hot rows between the device cache (hottest) and the host cache (the rest)."""
+def _caches(ids: np.ndarray, rows: np.ndarray, device_ids: np.ndarray, device: torch.device) -> tuple[NodeCache, NodeCache]:
+    """The device cache (``device_ids``, only on a CUDA device) and the host cache (the rest of ``ids``).
+
+    On the CPU the device tier stays empty and the host cache keeps ``rows`` as they are, with no copy.
+    """
     dim = rows.shape[1]
     table = torch.from_numpy(rows)
-    on_device = device_rows if device.type == "cuda" else 0
-    device_cache = NodeCache(ids_hottest_first[:on_device], table[:on_device], dim, device)
-    host_cache = NodeCache(ids_hottest_first[on_device:], table[on_device:], dim, torch.device("cpu"))
-    return device_cache, host_cache
+    if device.type != "cuda" or len(device_ids) == 0:
+        return NodeCache(device_ids[:0], None, dim, device), NodeCache(ids, table, dim, torch.device("cpu"))
+    on_device = is_member(ids, np.sort(device_ids))
+    device_cache = NodeCache(ids[on_device], table[torch.from_numpy(on_device)], dim, device)
+    keep = torch.from_numpy(~on_device)
+    return device_cache, NodeCache(ids[~on_device], table[keep], dim, torch.device("cpu"))
 
 
 class PackedLoader:
@@ -98,7 +101,7 @@ class PackedLoader:
         self.hot_sorted = np.sort(hot)
         device_rows = cfg.device_cache_bytes // row_bytes if device.type == "cuda" else 0
         cached = min(len(hot), device_rows + cfg.cache_rows(row_bytes, summary.max_input_rows))
-        device_cache, host_cache = _caches(hot[:cached], reader.hot_rows(cached), device_rows, device)
+        device_cache, host_cache = _caches(hot[:cached], reader.hot_rows(cached), hot[:device_rows], device)
         self.tiers = TieredFeatures(fallback, self.counters, device_cache=device_cache, host_cache=host_cache, device=device)
 
     def steps_per_epoch(self) -> int:
@@ -149,14 +152,11 @@ class CachedLoader:
         device_rows = cfg.device_cache_bytes // fallback.row_bytes if device.type == "cuda" else 0
         cached = min(num_nodes, device_rows + cfg.cache_rows(fallback.row_bytes, sampler.max_input_rows(num_nodes)))
         degree = np.diff(csc[0])
-        hot = np.lexsort((np.arange(num_nodes), -degree))[:cached].astype(np.int64)
-        order = np.argsort(hot, kind="stable")
-        rows_sorted, nbytes = fallback.gather(hot[order])
+        hot = np.lexsort((np.arange(num_nodes), -degree))[:cached].astype(np.int64)  # hottest first
+        hot_sorted = np.sort(hot)
+        rows, nbytes = fallback.gather(hot_sorted)
         self.counters.add_other(cache_fill=nbytes)
-        rows = np.empty_like(rows_sorted)
-        rows[order] = rows_sorted
-        del rows_sorted
-        device_cache, host_cache = _caches(hot, rows, device_rows, device)
+        device_cache, host_cache = _caches(hot_sorted, rows, hot[:device_rows], device)
         self.tiers = TieredFeatures(fallback, self.counters, device_cache=device_cache, host_cache=host_cache, device=device)
         self._lock = threading.Lock()
         self._order: tuple[int, np.ndarray] | None = None
