@@ -102,8 +102,15 @@ class SampledBatches:
         order = self.plan.order(epoch)
         for step in range(start, self.steps_per_epoch()):
             sampled = sample_step(self.sampler, self.plan, order, epoch, step)
-            x = self.data.feat[torch.from_numpy(sampled.input_nodes)]
+            x = gather_rows(self.data.feat, sampled.input_nodes)
             yield _batch(self.data, sampled.to_blocks(), x, sampled.output_nodes)
+
+
+def gather_rows(feat: Tensor, ids: np.ndarray) -> Tensor:
+    """``feat[ids]``; on the CPU through numpy's take, several times faster than torch indexing."""
+    if feat.device.type == "cpu":
+        return torch.from_numpy(np.take(feat.numpy(), ids, axis=0))
+    return feat[torch.from_numpy(ids).to(feat.device)]
 
 
 class StoreBatches:

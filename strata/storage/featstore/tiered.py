@@ -48,11 +48,11 @@ class TieredFeatures:
         rest = self._from_cache("device", self.device_cache, nodes, rest, x)
         rest = self._from_cache("host", self.host_cache, nodes, rest, x)
         if packed is not None and len(packed_pos):
-            x[self._index(packed_pos)] = torch.from_numpy(packed).to(self.device)
+            put_rows(x, packed_pos, packed)
         if len(rest):
             t0 = time.perf_counter()
             rows, nbytes = self.fallback.gather(nodes[rest])
-            x[self._index(rest)] = torch.from_numpy(rows).to(self.device)
+            put_rows(x, rest, rows)
             self.counters.add("zarr", len(rest), nbytes, time.perf_counter() - t0)
         self.counters.add_other(needed=n * self.row_bytes, batches=1)
         return x
@@ -64,9 +64,22 @@ class TieredFeatures:
         t0 = time.perf_counter()
         pos, slot = cache.lookup(nodes[rest])
         if len(pos):
-            x[self._index(rest[pos])] = cache.rows[torch.from_numpy(slot).to(cache.rows.device)].to(self.device)
+            put_rows(x, rest[pos], cache.rows, slot)
         self.counters.add(tier, len(pos), len(pos) * self.row_bytes, time.perf_counter() - t0)
         return np.delete(rest, pos)
 
-    def _index(self, positions: np.ndarray) -> Tensor:
-        return torch.from_numpy(positions).to(self.device)
+
+def put_rows(x: Tensor, positions: np.ndarray, rows: np.ndarray | Tensor, slots: np.ndarray | None = None) -> None:
+    """``x[positions] = rows[slots]`` (all of ``rows`` without ``slots``), an exact copy.
+
+    On the CPU through numpy (take + fancy assignment: several times faster than torch's
+    advanced indexing on this path); on a CUDA device through torch, rows moving host to device.
+    """
+    if x.device.type == "cpu":
+        src = rows.numpy() if isinstance(rows, Tensor) else rows
+        x.numpy()[positions] = src if slots is None else np.take(src, slots, axis=0)
+        return
+    src = rows if isinstance(rows, Tensor) else torch.from_numpy(rows)
+    if slots is not None:
+        src = src.index_select(0, torch.from_numpy(slots).to(src.device))
+    x.index_copy_(0, torch.from_numpy(positions).to(x.device), src.to(x.device))
