@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--host-cache-bytes", type=_size, default=None, metavar="BYTES",
         help="host budget the hot set is sized for, e.g. 256MiB (default: features.host_cache_bytes' default)",
     )
-    p.add_argument("--group-size", type=int, default=8, help="steps packed per group (memory: one group's rows)")
+    p.add_argument("--group-size", type=int, default=32, help="steps packed per group; each group is one sequential pass over the feature array (memory: one group's rows)")
     p.add_argument("--overwrite", action="store_true", help="replace a pack made with other settings")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

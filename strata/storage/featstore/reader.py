@@ -75,16 +75,21 @@ class _Stager:
                     break
             wait.wait()
         local = fs.join(self.root, name.replace("/", "_"))
+        staged = False
         try:
             fsys, path = fs.get_fs(remote_gdir)
             fsys.get(path.rstrip("/") + "/", local + "/", recursive=True)
+            staged = True
         finally:
             with self._lock:
                 done = self._staging.pop(name)
-                self._staged[name] = local
-                self._users[name] = self._users.get(name, 0) + 1
-                self._evict()
+                if staged:
+                    self._staged[name] = local
+                    self._users[name] = self._users.get(name, 0) + 1
+                    self._evict()
             done.set()
+            if not staged:
+                shutil.rmtree(local, ignore_errors=True)
         return local
 
     def release(self, name: str) -> None:

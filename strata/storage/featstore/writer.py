@@ -71,7 +71,7 @@ class Packer:
         partition: str = "",
         part: int = -1,
         host_cache_bytes: int = FeaturesConfig.host_cache_bytes,
-        group_size: int = 8,
+        group_size: int = 32,
         max_read_bytes: int = FeaturesConfig.max_read_bytes,
         overwrite: bool = False,
         progress: bool = True,
