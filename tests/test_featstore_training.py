@@ -120,3 +120,23 @@ def test_cli_pack_then_train_packed_matches_in_memory(tmp_path) -> None:
     # Another seed is refused, naming the difference.
     bad = run_strata("train", str(tmp_path / "packed.yaml"), "--set", "train.seed=6", "-q", check=False)
     assert bad.returncode == 2 and "no pack at" in bad.stderr
+
+
+def test_cli_packs_one_share_per_rank_where_each_rank_finds_it(tmp_path, capsys) -> None:
+    from strata.launch.cli import main
+    from strata.runtime.executors.minibatch import balanced_share
+    from strata.storage.featstore.loader import open_packed
+
+    store = _write(str(tmp_path / "syn"))
+    assert main(["pack", store, "--fanouts", "4,3", "--batch-size", "32", "--epochs", "1", "--seed", "2",
+                 "--host-cache-bytes", "1MiB", "--world-size", "2", "-q"]) == 0
+    assert capsys.readouterr().out.count("pack     ") == 2
+    train = torch.from_numpy(DatasetStore.open(store).split("train"))
+    sampler = SamplerConfig([4, 3], 32, 2)
+    for rank in range(2):
+        share = balanced_share(train, rank, 2, 2).numpy()
+        loader = open_packed(FeaturesConfig(mode="packed", host_cache_bytes=1 << 20), store, sampler, 1, share)
+        assert loader.steps_per_epoch() == -(-len(share) // 32)
+        loader.close()
+    assert main(["pack", store, "--fanouts", "4,3", "--batch-size", "32", "--epochs", "1", "--rank", "2", "--world-size", "2"]) == 2
+    assert "--rank must be below --world-size" in capsys.readouterr().err

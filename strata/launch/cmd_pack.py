@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from strata.storage.featstore.writer import PackResult
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,7 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--self-loops", action="store_true", help="the model adds self loops (GCN, GAT): sample over them too")
     p.add_argument("--partition", default="", help="pack only the training nodes of one part of this partition")
     p.add_argument("--part", type=int, default=-1, help="the part (with --partition)")
-    p.add_argument("--out", default="", help="where to write the pack (default STORE/packs/<fingerprint>)")
+    p.add_argument(
+        "--world-size", type=int, default=1,
+        help="data-parallel training on this many ranks: pack each rank's share of the training nodes "
+        "(the share the minibatch executor gives it), one pack per rank",
+    )
+    p.add_argument("--rank", type=int, default=-1, help="with --world-size: pack only this rank's share")
+    p.add_argument("--out", default="", help="where to write the pack (default STORE/packs/<fingerprint>, where training looks)")
     p.add_argument(
         "--host-cache-bytes", type=_size, default=None, metavar="BYTES",
         help="host budget the hot set is sized for, e.g. 256MiB (default: features.host_cache_bytes' default)",
@@ -59,7 +71,7 @@ def _fanouts(text: str) -> list[int]:
         raise ConfigError(f"--fanouts must be comma-separated integers such as 10,5; got '{text}'") from None
 
 
-def partition_train_ids(store_url: str, name: str, part: int) -> "object":
+def partition_train_ids(store_url: str, name: str, part: int) -> np.ndarray:
     """The training nodes owned by ``part`` of partition ``name``."""
     import numpy as np
 
@@ -81,23 +93,52 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.partition) != (args.part >= 0):
         raise ConfigError("--partition and --part go together: name the partition and the part to pack")
+    if args.world_size < 1 or args.rank >= args.world_size:
+        raise ConfigError(f"--rank must be below --world-size ({args.world_size}), got {args.rank}")
+    if args.world_size > 1 and (args.partition or args.out):
+        raise ConfigError("--world-size packs one share per rank into the default places; it does not combine with --partition or --out")
     sampler = SamplerConfig(_fanouts(args.fanouts), args.batch_size, args.seed, args.self_loops)
     budget = FeaturesConfig.host_cache_bytes if args.host_cache_bytes is None else args.host_cache_bytes
-    train_ids = partition_train_ids(args.store, args.partition, args.part) if args.partition else None
-    packer = Packer(
-        args.store, sampler, args.epochs, args.out,
-        train_ids=train_ids, partition=args.partition, part=args.part, host_cache_bytes=budget,
-        group_size=args.group_size, overwrite=args.overwrite, progress=show_progress(args),
-    )
-    result = packer.run()
-    s = result.summary
-    steps = result.manifest.steps_per_epoch * result.manifest.epochs
+    if args.partition:
+        shares = [partition_train_ids(args.store, args.partition, args.part)]
+    elif args.world_size > 1:
+        ranks = [args.rank] if args.rank >= 0 else list(range(args.world_size))
+        shares = [rank_train_ids(args.store, rank, args.world_size, args.seed) for rank in ranks]
+    else:
+        shares = [None]
+    for train_ids in shares:
+        packer = Packer(
+            args.store, sampler, args.epochs, args.out,
+            train_ids=train_ids, partition=args.partition, part=args.part, host_cache_bytes=budget,
+            group_size=args.group_size, overwrite=args.overwrite, progress=show_progress(args),
+        )
+        _print(packer.run(), bool(args.out))
+    return 0
+
+
+def rank_train_ids(store_url: str, rank: int, world_size: int, seed: int) -> np.ndarray:
+    """The training nodes the minibatch executor gives ``rank`` of ``world_size``."""
+    import torch
+
+    from strata.runtime.executors.minibatch import balanced_share
+    from strata.storage.store import DatasetStore
+
+    train = torch.from_numpy(DatasetStore.open(store_url).split("train"))
+    return balanced_share(train, rank, world_size, seed).numpy()
+
+
+def _print(result: PackResult, explicit_out: bool) -> None:
+    s, manifest = result.summary, result.manifest
+    steps = manifest.steps_per_epoch * manifest.epochs
     print(f"pack     {result.url}")
-    print(f"steps    {steps:,} ({result.manifest.epochs} epochs x {result.manifest.steps_per_epoch:,}), groups of {result.manifest.group_size}")
+    print(f"steps    {steps:,} ({manifest.epochs} epochs x {manifest.steps_per_epoch:,}), groups of {manifest.group_size}")
     print(f"hot      {s.hot_rows:,} nodes serve {s.hot_access_share:.1%} of row reads")
     print(f"packed   {s.packed_rows:,} rows of {s.total_input_rows:,} needed; {s.bytes_written / 2**20:,.1f} MiB written")
-    print(f"time     sample {s.sample_seconds:.1f} s, pack {s.pack_seconds:.1f} s ({(s.sample_seconds + s.pack_seconds) / result.manifest.epochs:.1f} s per epoch served)")
+    print(
+        f"time     sample {s.sample_seconds:.1f} s, pack {s.pack_seconds:.1f} s "
+        f"({(s.sample_seconds + s.pack_seconds) / manifest.epochs:.1f} s per epoch served)"
+    )
     if result.resumed_sampled or result.resumed_packed:
         print(f"resumed  {result.resumed_sampled} sampled and {result.resumed_packed} packed groups kept from an earlier run")
-    print(f"train with: features: {{mode: packed, pack_dir: {result.url}}}")
-    return 0
+    where = f", pack_dir: {result.url}" if explicit_out else ""
+    print(f"train with: features: {{mode: packed{where}}}  (same fanouts, batch size, seed and epochs)")
