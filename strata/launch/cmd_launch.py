@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     targets = p.add_subparsers(dest="target", metavar="TARGET", required=True)
     _register_slurm(targets)
+    _register_k8s(targets)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -91,4 +92,53 @@ def run_slurm(args: argparse.Namespace) -> int:
         job_id = submit(out, cwd=chdir)
         print(f"log: {os.path.join(chdir, log_dir, f'slurm-{job_id}.out')}")
         print(f"submitted batch job {job_id}")
+    return 0
+
+
+def _register_k8s(targets: argparse._SubParsersAction) -> None:
+    p = targets.add_parser(
+        "k8s",
+        help="write Kubernetes manifests: PyTorchJob, TrainJob, Indexed Job + Service, ConfigMap, PodMonitor",
+        description="Write Kubernetes manifests that train CONFIG: a Kubeflow PyTorchJob, a Kubeflow Trainer "
+        "TrainJob, and a plain Indexed Job with a headless Service (apply one of the three), plus the ConfigMap "
+        "holding the config and PodMonitors for the Prometheus Operator. Nothing is applied.",
+    )
+    _common(p)
+    p.add_argument("--image", required=True, help="container image with strata installed")
+    p.add_argument("--out", default="", help="directory for the manifests (default k8s/<name>)")
+    p.add_argument("--name", default="", help="Kubernetes name of the job (default: the config's name)")
+    p.add_argument("--namespace", default="", help="namespace of every object (default: kubectl's)")
+    p.add_argument("--cpu", default="4", help="CPU request per pod (default 4)")
+    p.add_argument("--memory", default="16Gi", help="memory request and limit per pod (default 16Gi)")
+    p.add_argument("--metrics-port", type=int, default=9400, help="metrics port of local rank 0 (default 9400)")
+    p.add_argument("--master-port", type=int, default=29500, help="rendezvous port (default 29500)")
+    p.add_argument(
+        "--max-restarts", type=int, default=0,
+        help="PyTorchJob: add a fixed-size elasticPolicy whose torchrun restarts failed workers this often",
+    )
+    p.add_argument("--pvc", default="", help="PersistentVolumeClaim for /scratch/runs (checkpoints outlive pods)")
+    p.set_defaults(func=run_k8s)
+
+
+def run_k8s(args: argparse.Namespace) -> int:
+    from strata.launch import k8s
+    from strata.launch.config_io import apply_overrides, from_dict, load_yaml
+    from strata.launch.job import JobConfig, load_job
+
+    job = load_job(args.config, args.overrides)
+    cfg = k8s.K8sConfig(
+        image=args.image, nodes=args.nodes, gpus_per_node=args.gpus_per_node, procs_per_node=args.procs_per_node,
+        namespace=args.namespace, cpu=args.cpu, memory=args.memory, metrics_port=args.metrics_port,
+        master_port=args.master_port, max_restarts=args.max_restarts, pvc=args.pvc,
+    )
+    name = k8s.k8s_name(args.name or job.name)
+    config = k8s.pod_config(apply_overrides(load_yaml(args.config), args.overrides), cfg, name)
+    from_dict(JobConfig, config)  # what the pods will read must still be a valid job
+    out = args.out or os.path.join("k8s", name)
+    files = k8s.manifests(cfg, name, config)
+    for filename, documents in files.items():
+        fs.write_text(fs.join(out, filename), k8s.dump(documents))
+    print(f"wrote {', '.join(files)} to {out} ({cfg.nodes} pod(s) x {cfg.procs_per_node} process(es))")
+    print("apply the config, the monitors and one launcher, e.g.:")
+    print(f"  kubectl apply -f {out}/configmap.yaml -f {out}/podmonitor.yaml -f {out}/pytorchjob.yaml")
     return 0
