@@ -26,9 +26,12 @@ def test_torchrun_two_nodes() -> None:
     env = {
         "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "1",
         "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400", "TORCHELASTIC_RESTART_COUNT": "2",
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
     }
     topo = topology_from_env(env)
-    assert topo == Topology(5, 8, 1, 4, 1, 2, "10.0.0.1", 29400, "torchrun", "gloo", "cpu", restart_count=2)
+    assert topo == Topology(
+        5, 8, 1, 4, 1, 2, "10.0.0.1", 29400, "torchrun", "gloo", "cpu", restart_count=2, agent_store=True
+    )
     assert topo.is_distributed and not topo.is_main
 
 

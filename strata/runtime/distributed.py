@@ -39,9 +39,21 @@ class DistributedConfig:
             raise ConfigError(f"distributed.timeout_seconds must be a positive number, got {self.timeout_seconds}")
 
 
-def _init_url(topology: Topology) -> str:
-    host = f"[{topology.master_addr}]" if ":" in topology.master_addr else topology.master_addr
-    return f"tcp://{host}:{topology.master_port}"
+def _store(topology: Topology, timeout: timedelta) -> dist.Store:
+    """The rendezvous store, with one key prefix per torchrun attempt.
+
+    torchrun's agent keeps its store across worker restarts; without the prefix, a restarted
+    rank could read the address a killed rank published and wait on a dead peer.
+    """
+    store = dist.TCPStore(
+        topology.master_addr,
+        topology.master_port,
+        topology.world_size,
+        is_master=topology.rank == 0 and not topology.agent_store,
+        timeout=timeout,
+        multi_tenant=True,
+    )
+    return dist.PrefixStore(f"strata/attempt-{topology.restart_count}", store)
 
 
 @contextmanager
@@ -55,13 +67,14 @@ def process_group(topology: Topology, *, timeout_seconds: float = 600.0) -> Iter
         raise StrataError("a process group already exists in this process; strata forms exactly one per run")
     if topology.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(topology.device))
+    timeout = timedelta(seconds=timeout_seconds)
     try:
         dist.init_process_group(
             backend=topology.backend,
-            init_method=_init_url(topology),
+            store=_store(topology, timeout),
             rank=topology.rank,
             world_size=topology.world_size,
-            timeout=timedelta(seconds=timeout_seconds),
+            timeout=timeout,
         )
     except (RuntimeError, ValueError) as exc:
         raise StrataError(

@@ -61,6 +61,8 @@ class Topology:
     """torch device of this process: 'cpu' or 'cuda:<i>'."""
     restart_count: int = 0
     """How many times torchrun restarted the workers of this job (a restart resumes)."""
+    agent_store: bool = False
+    """Whether the launcher's agent hosts the rendezvous store (torchrun), so rank 0 must not."""
 
     def __post_init__(self) -> None:
         if self.world_size < 1:
@@ -111,7 +113,13 @@ def topology_from_env(env: Mapping[str, str], *, cuda_devices: int = 0, backend:
     else:
         fields = _single()
     chosen, device = _backend_and_device(backend, cuda_devices, fields["local_rank"], fields["local_world_size"])
-    return Topology(**fields, backend=chosen, device=device, restart_count=_int(env, "TORCHELASTIC_RESTART_COUNT", 0))
+    return Topology(
+        **fields,
+        backend=chosen,
+        device=device,
+        restart_count=_int(env, "TORCHELASTIC_RESTART_COUNT", 0),
+        agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true",
+    )
 
 
 # -- launchers -----------------------------------------------------------------------------
