@@ -93,3 +93,37 @@ def test_sigkill_of_one_worker_resumes_and_ends_like_an_uninterrupted_run(tmp_pa
     assert a["world_size"] == b["world_size"] == 2
     for key in ("epochs", "steps", "best_epoch", "val_acc", "test_acc", "final_loss"):
         assert a[key] == b[key], key
+
+
+def _resume_two_ranks(topology, store: str, run_dir: str) -> str:
+    from strata.errors import CheckpointError
+    from strata.models import ModelConfig
+    from strata.runtime.data import DataConfig
+    from strata.runtime.metrics import MetricsConfig
+    from strata.runtime.trainer import CheckpointConfig, TrainConfig, train_node_classifier
+
+    try:
+        train_node_classifier(
+            DataConfig(store=store), ModelConfig(name="gcn", hidden=8), TrainConfig(executor="graph_parallel", epochs=2),
+            CheckpointConfig(), MetricsConfig(), run_dir=run_dir, resume=True, progress=False, topology=topology,
+        )
+    except CheckpointError as exc:
+        return str(exc)
+    return "resumed"
+
+
+def test_resume_at_another_world_size_is_refused(tmp_path: Path, store: str) -> None:
+    from strata.models import ModelConfig
+    from strata.runtime.data import DataConfig
+    from strata.runtime.metrics import MetricsConfig
+    from strata.runtime.trainer import CheckpointConfig, TrainConfig, train_node_classifier
+    from tests.dist_utils import run_workers
+
+    run_dir = str(tmp_path / "run")
+    train_node_classifier(
+        DataConfig(store=store), ModelConfig(name="gcn", hidden=8), TrainConfig(epochs=1), CheckpointConfig(),
+        MetricsConfig(), run_dir=run_dir, progress=False,
+    )
+    for message in run_workers(_resume_two_ranks, 2, store, run_dir):
+        assert "was written by 1 processes but this run has 2" in message
+        assert "resume with 1 processes" in message
