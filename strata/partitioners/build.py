@@ -6,6 +6,7 @@ plus the halos of all parts, which decide the boundary flags before any part is 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from strata.errors import PartitionError
+from strata.partitioners.assign import assign_with
 from strata.partitioners.config import PartitionConfig
 from strata.partitioners.format import Partition, PartitionInfo, PartitionWriter, check_free, graph_checksum
 from strata.partitioners.graph import StoreGraph
@@ -137,10 +139,6 @@ def _report(
 
 def partition_store(store: "DatasetStore | str", cfg: PartitionConfig, progress: bool = False) -> QualityReport:
     """Assign with ``cfg.method`` and build partition ``cfg.partition_name``: what ``strata partition`` runs."""
-    import dataclasses
-
-    from strata.partitioners.assign import assign_with
-
     store = store if isinstance(store, DatasetStore) else DatasetStore.open(store)
     graph = StoreGraph(store)
     check_free(store.url, cfg.partition_name, cfg.overwrite)  # before a long assignment, not after

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from strata.errors import PartitionError
+from strata.partitioners.report import QualityReport
 from strata.storage import fs, layout
 from strata.storage.store import DatasetStore
 
@@ -101,7 +102,7 @@ class Partition:
     indices: np.ndarray
     edge_ids: np.ndarray
     boundary: np.ndarray
-    _lookup: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+    _lookup: tuple[np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def num_local(self) -> int:
@@ -192,9 +193,7 @@ class PartitionSet:
     def assignment(self) -> np.ndarray:
         return _load(fs.join(self.url, "assignment.npy"))
 
-    def report(self) -> "Any":
-        from strata.partitioners.report import QualityReport
-
+    def report(self) -> QualityReport:
         return QualityReport.from_json(fs.read_text(fs.join(self.url, "report.json")))
 
     def part(self, k: int) -> Partition:
