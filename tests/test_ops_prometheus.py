@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
 from tests.conftest import REPO, free_port
-from tests.test_ops_support import http_get, require_commands, server, stop
+from tests.test_ops_support import http_get, http_ready, require_commands, server, stop
 
 DASHBOARD = REPO / "k8s" / "grafana" / "strata-training.json"
 RULES = REPO / "k8s" / "prometheus" / "strata-rules.yaml"
@@ -95,7 +95,7 @@ def pushgateway(binaries: None, tmp_path_factory: pytest.TempPathFactory) -> Ite
     log = tmp_path_factory.mktemp("pushgateway") / "pushgateway.log"
     # Debian's build persists to /var/lib/prometheus by default: keep this one in memory.
     argv = ["prometheus-pushgateway", f"--web.listen-address=127.0.0.1:{port}", "--persistence.file="]
-    with server(argv, ready_url=f"http://127.0.0.1:{port}/-/ready", log=log):
+    with server(argv, ready=http_ready(f"http://127.0.0.1:{port}/-/ready"), log=log):
         yield f"127.0.0.1:{port}"
 
 
@@ -152,7 +152,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, pushgateway: str, faulty_ranks
         f"--web.listen-address=127.0.0.1:{prom_port}",
     ]
     url = f"http://127.0.0.1:{prom_port}"
-    with server(argv, ready_url=f"{url}/-/ready", log=root / "prometheus.log"):
+    with server(argv, ready=http_ready(f"{url}/-/ready"), log=root / "prometheus.log"):
         log = (root / "train.log").open("w")
         train = subprocess.Popen(
             [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "strata.launch.cli", "train", "job.yaml", "-q"],

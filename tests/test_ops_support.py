@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -64,24 +64,32 @@ def http_get(url: str, timeout: float = 5.0) -> bytes:
         return response.read()
 
 
+def http_ready(url: str) -> Callable[[], bool]:
+    """A readiness check: ``url`` answers 200."""
+
+    def ready() -> bool:
+        try:
+            http_get(url, timeout=2)
+            return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            return False
+
+    return ready
+
+
 @contextmanager
-def server(argv: list[str], *, ready_url: str, log: Path, timeout: float = 60, env: dict | None = None) -> Iterator[subprocess.Popen]:
-    """Run ``argv`` until the block ends; wait until ``ready_url`` answers 200 first. The log
-    goes to ``log`` and is shown when the server dies or never gets ready."""
+def server(argv: list[str], *, ready: Callable[[], bool], log: Path, timeout: float = 60, env: dict | None = None) -> Iterator[subprocess.Popen]:
+    """Run ``argv`` until the block ends, once ``ready()`` says it serves. Its output goes to
+    ``log``, shown when it dies or never gets ready; it is stopped however the block ends."""
     handle = log.open("wb")
     proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + timeout
-        while True:
+        while not ready():
             if proc.poll() is not None:
                 raise AssertionError(f"{argv[0]} exited with {proc.returncode} before it was ready:\n{log.read_text()[-3000:]}")
-            try:
-                http_get(ready_url, timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
             if time.monotonic() > deadline:
-                raise AssertionError(f"{argv[0]} did not answer {ready_url} within {timeout:g}s:\n{log.read_text()[-3000:]}")
+                raise AssertionError(f"{argv[0]} was not ready within {timeout:g}s:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
         yield proc
     finally:
