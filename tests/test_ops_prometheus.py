@@ -44,7 +44,7 @@ TRAIN_JOB = """
 name: prom
 data: {{store: {store}}}
 model: {{name: sage, hidden: 32, num_layers: 2, dropout: 0.3}}
-train: {{executor: minibatch, epochs: {epochs}, lr: 0.01, weight_decay: 0.0, batch_size: 64, fanouts: [5, 5], seed: 7}}
+train: {{executor: minibatch, epochs: {epochs}, lr: 0.01, weight_decay: 0.0, batch_size: 128, fanouts: [5, 5], seed: 7}}
 metrics: {{port: {port}, addr: 127.0.0.1, job: {job}, pushgateway: "127.0.0.1:{pushgateway}"}}
 """
 

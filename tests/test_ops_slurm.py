@@ -37,10 +37,9 @@ JOB = """
 name: {name}
 data: {{store: {store}}}
 model: {{name: sage, hidden: 32, num_layers: 2, dropout: 0.3}}
-train: {{executor: minibatch, epochs: {epochs}, lr: 0.01, weight_decay: 0.0, batch_size: 64, fanouts: [5, 5], seed: 7}}
+train: {{executor: minibatch, epochs: {epochs}, lr: 0.01, weight_decay: 0.0, batch_size: 128, fanouts: [5, 5], seed: 7}}
 checkpoint: {{every_steps: {every}, keep: 2}}
 """
-STEPS_PER_EPOCH = 10  # 1200 training nodes, 600 per rank, 64 per batch
 
 
 def _slurm_conf(root: Path, host: str, ctld_port: int, slurmd_port: int, socket_path: Path) -> str:
@@ -147,6 +146,13 @@ def _finished(job_id: str, env: dict[str, str], log: Path, timeout: float = 240)
     return state
 
 
+def _steps_per_epoch(events: list[dict]) -> int:
+    """Steps of one epoch, from the log's first epoch event (the global step after epoch 0)."""
+    first = next(e for e in events if e["event"] == "epoch")
+    assert first["epoch"] == 0 and first["step"] > 0
+    return first["step"]
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = str(tmp_path_factory.mktemp("data") / "store")
@@ -155,7 +161,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def test_cancelled_job_resumes_when_submitted_again_and_trains_to_the_end(cluster: dict[str, str], store: str, tmp_path: Path) -> None:
-    epochs, every = 60, 20
+    epochs, every = 60, 20  # 1200 training nodes, batches of 128: about 10 steps per epoch
     (tmp_path / "job.yaml").write_text(JOB.format(name="slurm-demo", store=store, epochs=epochs, every=every))
     run_dir, ckpt = tmp_path / "runs/slurm-demo", str(tmp_path / "runs/slurm-demo/checkpoints")
 
@@ -169,7 +175,7 @@ def test_cancelled_job_resumes_when_submitted_again_and_trains_to_the_end(cluste
     # Its processes must be gone before the next job may read the checkpoints.
     _wait(lambda: first not in _queue(cluster), 60, f"job {first} to leave the node", cluster, first_log)
     cancelled_at = checkpoint.latest_step(ckpt)
-    assert 2 * every <= cancelled_at < epochs * STEPS_PER_EPOCH
+    assert cancelled_at >= 2 * every
     assert "done:" not in first_log.read_text()
 
     second = _submit(tmp_path, cluster, "--mode", "srun")
@@ -184,8 +190,10 @@ def test_cancelled_job_resumes_when_submitted_again_and_trains_to_the_end(cluste
     events = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     starts = [e for e in events if e["event"] == "start"]
     assert [(s["resumed_at"], s["launcher"], s["world_size"]) for s in starts] == [(0, "slurm", 2), (cancelled_at, "slurm", 2)]
+    per_epoch = _steps_per_epoch(events)
+    assert cancelled_at < epochs * per_epoch, "the first job was not cancelled mid-run"
     end = [e for e in events if e["event"] == "end"]
-    assert len(end) == 1 and end[0]["steps"] == epochs * STEPS_PER_EPOCH  # the steps an uninterrupted run makes
+    assert len(end) == 1 and end[0]["steps"] == epochs * per_epoch  # the steps an uninterrupted run makes
 
 
 def test_torchrun_mode_job_trains_with_one_torchrun_per_node(cluster: dict[str, str], store: str, tmp_path: Path) -> None:
@@ -196,4 +204,4 @@ def test_torchrun_mode_job_trains_with_one_torchrun_per_node(cluster: dict[str, 
     assert re.search(r"test acc \d\.\d+", log.read_text())
     events = [json.loads(line) for line in (tmp_path / "runs/slurm-torchrun/metrics.jsonl").read_text().splitlines()]
     assert (events[0]["launcher"], events[0]["world_size"]) == ("torchrun", 2)
-    assert events[-1]["event"] == "end" and events[-1]["steps"] == 3 * STEPS_PER_EPOCH
+    assert events[-1]["event"] == "end" and events[-1]["steps"] == 3 * _steps_per_epoch(events)
