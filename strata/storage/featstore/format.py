@@ -21,15 +21,20 @@ its steps in order, so every read is sequential::
         _BLOCKS_COMPLETE             JSON: per step offset, length and CRC32 of its record
         feat.bin                     one segment per step, back to back, in training order:
                                        64-byte header 'SSEG' u32 epoch, u32 step, u64 rows,
-                                       u64 payload bytes, u32 CRC32 of the payload, zero padding
-                                       payload: rows x F values, the step's input nodes that are
-                                       not hot, in input-node order
+                                       u64 payload bytes, u32 CRC32 of the payload, u64 input
+                                       rows, zero padding
+                                       payload: int32 hot rank of each input node (its place in
+                                       hot/ids.bin; -1 = packed here; none at all, input rows 0,
+                                       when no input is hot), then rows x F values: the input
+                                       nodes that are not hot, in input-node order
         _FEAT_COMPLETE               JSON: per step offset, length, rows and CRC32 of its segment
       _PACK_COMPLETE                 JSON written last: largest batch, totals, timings
 
 Each marker is written after the data it describes, so a marker means the data before it
 is whole; the packer resumes by skipping groups that have theirs, and the reader refuses a
-pack without ``_PACK_COMPLETE``. A segment whose length, header or checksum does not match its
+pack without ``_PACK_COMPLETE``. The hot ranks let training place every row of a batch with
+integer arithmetic alone: rank < D from the device cache, < D + H from the host cache, else
+from the store; -1 from the segment. A segment whose length, header or checksum does not match its
 marker raises :class:`~strata.errors.PackError` before any of its rows are used.
 """
 
@@ -58,7 +63,7 @@ BLOCKS, BLOCKS_MARKER = "blocks.bin", "_BLOCKS_COMPLETE"
 FEAT, FEAT_MARKER = "feat.bin", "_FEAT_COMPLETE"
 HOT_PIECE_BYTES = 8 << 20
 
-SEGMENT_HEADER = struct.Struct("<4sIIQQI32x")
+SEGMENT_HEADER = struct.Struct("<4sIIQQIQ24x")
 SEGMENT_MAGIC = b"SSEG"
 _RECORD_HEAD = struct.Struct("<4sIQ")
 _RECORD_LAYER = struct.Struct("<QQQ")
@@ -299,22 +304,31 @@ def decode_record(buf: bytes | bytearray | memoryview, where: str) -> SampledBat
 # -- feature segments ------------------------------------------------------------------------
 
 
-def encode_segment_header(epoch: int, step: int, rows: np.ndarray) -> tuple[bytes, int]:
+def encode_segment(epoch: int, step: int, hot_rank: np.ndarray, rows: np.ndarray) -> tuple[list[memoryview | bytes], int, int]:
+    """(pieces to write in order, their total length, CRC32 of the payload) of one segment."""
+    if (hot_rank < 0).all():
+        hot_rank = hot_rank[:0]  # nothing hot: every input row is packed, no ranks needed
+    ranks = as_bytes(np.ascontiguousarray(hot_rank, dtype="<i4"))
     payload = as_bytes(rows)
-    crc = crc32(payload)
-    return SEGMENT_HEADER.pack(SEGMENT_MAGIC, epoch, step, len(rows), payload.nbytes, crc), crc
+    crc = zlib.crc32(payload, zlib.crc32(ranks)) & 0xFFFFFFFF
+    nbytes = ranks.nbytes + payload.nbytes
+    header = SEGMENT_HEADER.pack(SEGMENT_MAGIC, epoch, step, len(rows), nbytes, crc, len(hot_rank))
+    return [header, ranks, payload], len(header) + nbytes, crc
 
 
-def check_segment(buf: bytes | bytearray, entry: Entry, epoch: int, step: int, feat_dim: int, dtype: np.dtype, verify: bool, where: str) -> np.ndarray:
-    """The rows of one segment as read; any mismatch with its marker entry is a PackError."""
+def check_segment(
+    buf: bytes | bytearray, entry: Entry, epoch: int, step: int, feat_dim: int, dtype: np.dtype, verify: bool, where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(hot rank per input node, packed rows) of one segment as read; the ranks are empty when
+    no input is hot. Any mismatch with its marker entry is a PackError."""
     if len(buf) != entry.length:
         raise PackError(
             f"{where}: segment of epoch {epoch} step {step} is truncated: {len(buf)} of {entry.length} bytes read; "
             "the pack file was cut short; re-run 'strata pack --overwrite'"
         )
-    magic, h_epoch, h_step, rows, nbytes, crc = SEGMENT_HEADER.unpack_from(buf, 0)
-    expected = entry.rows * feat_dim * dtype.itemsize
-    if magic != SEGMENT_MAGIC or (h_epoch, h_step, rows) != (epoch, step, entry.rows) or nbytes != expected:
+    magic, h_epoch, h_step, rows, nbytes, crc, inputs = SEGMENT_HEADER.unpack_from(buf, 0)
+    expected = 4 * inputs + entry.rows * feat_dim * dtype.itemsize
+    if magic != SEGMENT_MAGIC or (h_epoch, h_step, rows) != (epoch, step, entry.rows) or nbytes != expected or nbytes + SEGMENT_HEADER.size != entry.length:
         raise PackError(
             f"{where}: segment header of epoch {epoch} step {step} does not match its marker "
             f"(found epoch {h_epoch} step {h_step} rows {rows}); the pack is corrupt; re-run 'strata pack --overwrite'"
@@ -325,4 +339,6 @@ def check_segment(buf: bytes | bytearray, entry: Entry, epoch: int, step: int, f
             f"{where}: segment of epoch {epoch} step {step} fails its checksum; the pack is corrupt; "
             "re-run 'strata pack --overwrite'"
         )
-    return np.frombuffer(payload, dtype=dtype).reshape(entry.rows, feat_dim)
+    ranks = np.frombuffer(payload, dtype="<i4", count=inputs)
+    values = np.frombuffer(payload, dtype=dtype, offset=4 * inputs).reshape(entry.rows, feat_dim)
+    return ranks, values

@@ -101,11 +101,13 @@ class PackedLoader:
             raise PackError(f"pack '{reader.url}' holds {manifest.dtype} rows of width {manifest.feat_dim}, the store {fallback.dtype} of width {fallback.dim}")
         device = device or torch.device("cpu")
         row_bytes = manifest.row_bytes
-        hot = reader.hot_ids()
-        self.hot_sorted = np.sort(hot)
-        device_rows = cfg.device_cache_bytes // row_bytes if device.type == "cuda" else 0
+        hot = reader.hot_ids()  # hottest first: ranks [0, D) on the device, [D, D + H) on the host
+        device_rows = min(len(hot), cfg.device_cache_bytes // row_bytes) if device.type == "cuda" else 0
         cached = min(len(hot), device_rows + cfg.cache_rows(row_bytes, summary.max_input_rows))
-        device_cache, host_cache = _caches(hot[:cached], reader.hot_rows(cached), hot[:device_rows], device)
+        table = torch.from_numpy(reader.hot_rows(cached))
+        dim = manifest.feat_dim
+        device_cache = NodeCache(hot[:device_rows], table[:device_rows], dim, device)
+        host_cache = NodeCache(hot[device_rows:cached], table[device_rows:], dim, torch.device("cpu"))
         self.tiers = TieredFeatures(fallback, self.counters, device_cache=device_cache, host_cache=host_cache, device=device)
 
     def steps_per_epoch(self) -> int:
@@ -113,14 +115,16 @@ class PackedLoader:
 
     def load(self, epoch: int, step: int) -> LoadedStep:
         record = self.reader.record(epoch, step)
-        segment = self.reader.segment(epoch, step)
-        packed_pos = np.flatnonzero(~is_member(record.input_nodes, self.hot_sorted))
-        if len(packed_pos) != len(segment):
+        ranks, segment = self.reader.segment(epoch, step)
+        if len(ranks) == 0:
+            ranks = np.full(len(record.input_nodes), -1, dtype=np.int32)
+        if len(ranks) != len(record.input_nodes) or int((ranks < 0).sum()) != len(segment):
             raise PackError(
-                f"pack '{self.reader.url}' epoch {epoch} step {step}: the segment holds {len(segment)} rows "
-                f"but the batch has {len(packed_pos)} non-hot input nodes; the pack is corrupt; re-run 'strata pack --overwrite'"
+                f"pack '{self.reader.url}' epoch {epoch} step {step}: the segment describes {len(ranks)} input nodes "
+                f"({len(segment)} packed) but the batch has {len(record.input_nodes)}; the pack is corrupt; "
+                "re-run 'strata pack --overwrite'"
             )
-        x = self.tiers.assemble(record.input_nodes, segment, packed_pos)
+        x = self.tiers.assemble_ranked(record.input_nodes, ranks, segment)
         return LoadedStep(record.to_blocks(), _normalize(x) if self.normalize else x, record.output_nodes)
 
     def close(self) -> None:

@@ -218,15 +218,15 @@ class PackReader:
         self.counters.add_other(blocks=len(buf))
         return fmt.decode_record(buf, where)
 
-    def segment(self, epoch: int, step: int) -> np.ndarray:
-        """The packed (non-hot) feature rows of (epoch, step), in input-node order."""
+    def segment(self, epoch: int, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """(hot rank of each input node or -1, the packed rows of those at -1 in input order)."""
         t0 = time.perf_counter()
         buf, entry = self._read(epoch, step, fmt.FEAT, fmt.FEAT_MARKER)
-        rows = fmt.check_segment(
+        ranks, rows = fmt.check_segment(
             buf, entry, epoch, step, self.manifest.feat_dim, self.dtype, self.verify, f"pack '{self.url}'"
         )
         self.counters.add("packed", entry.rows, len(buf), time.perf_counter() - t0)
-        return rows
+        return ranks, rows
 
     def _entry(self, epoch: int, step: int, marker: str) -> fmt.Entry:
         if not (0 <= epoch < self.manifest.epochs and 0 <= step < self.manifest.steps_per_epoch):

@@ -3,7 +3,8 @@
 device cache > host cache > packed segment > the store's feature array (fall-back). Each
 row is taken from exactly one tier and copied bit for bit, so the result does not depend on
 which tier served it. Rows the packed segment carries are fixed by the pack (the batch's
-non-hot inputs); the caches and the fall-back serve the rest.
+non-hot inputs, each input's hot rank recorded beside them); the caches and the fall-back
+serve the rest.
 """
 
 from __future__ import annotations
@@ -38,17 +39,13 @@ class TieredFeatures:
         self.dtype = getattr(torch, str(fallback.dtype))
         self.row_bytes = fallback.row_bytes
 
-    def assemble(self, nodes: np.ndarray, packed: np.ndarray | None = None, packed_pos: np.ndarray | None = None) -> Tensor:
-        """Rows of ``nodes``; ``packed`` (if given) holds the rows at positions ``packed_pos``."""
+    def assemble(self, nodes: np.ndarray) -> Tensor:
+        """Rows of ``nodes``, looked up by id in the caches, the rest read from the store."""
         n = len(nodes)
         x = torch.empty((n, self.fallback.dim), dtype=self.dtype, device=self.device)
         rest = np.arange(n, dtype=np.int64)
-        if packed is not None:
-            rest = np.delete(rest, packed_pos)
         rest = self._from_cache("device", self.device_cache, nodes, rest, x)
         rest = self._from_cache("host", self.host_cache, nodes, rest, x)
-        if packed is not None and len(packed_pos):
-            put_rows(x, packed_pos, packed)
         if len(rest):
             t0 = time.perf_counter()
             rows, nbytes = self.fallback.gather(nodes[rest])
@@ -56,6 +53,36 @@ class TieredFeatures:
             self.counters.add("zarr", len(rest), nbytes, time.perf_counter() - t0)
         self.counters.add_other(needed=n * self.row_bytes, batches=1)
         return x
+
+    def assemble_ranked(self, nodes: np.ndarray, ranks: np.ndarray, packed: np.ndarray) -> Tensor:
+        """Rows of ``nodes`` for a packed step, placed by hot rank alone (no lookups).
+
+        ``ranks[i]`` is node i's place in the hot list or -1; the device cache holds hot ranks
+        [0, D), the host cache [D, D + H), both in rank order; -1 rows are ``packed``, in order;
+        hot nodes beyond D + H come from the store.
+        """
+        x = torch.empty((len(nodes), self.fallback.dim), dtype=self.dtype, device=self.device)
+        on_device, on_host = len(self.device_cache), len(self.host_cache)
+        self._from_ranks("device", self.device_cache, ranks, 0, on_device, x)
+        self._from_ranks("host", self.host_cache, ranks, on_device, on_device + on_host, x)
+        put_rows(x, np.flatnonzero(ranks < 0), packed)
+        far = np.flatnonzero(ranks >= on_device + on_host)
+        if len(far):
+            t0 = time.perf_counter()
+            rows, nbytes = self.fallback.gather(nodes[far])
+            put_rows(x, far, rows)
+            self.counters.add("zarr", len(far), nbytes, time.perf_counter() - t0)
+        self.counters.add_other(needed=len(nodes) * self.row_bytes, batches=1)
+        return x
+
+    def _from_ranks(self, tier: str, cache: NodeCache, ranks: np.ndarray, lo: int, hi: int, x: Tensor) -> None:
+        if hi <= lo:
+            return
+        t0 = time.perf_counter()
+        pos = np.flatnonzero((ranks >= lo) & (ranks < hi))
+        if len(pos):
+            put_rows(x, pos, cache.rows, ranks[pos].astype(np.int64) - lo)
+        self.counters.add(tier, len(pos), len(pos) * self.row_bytes, time.perf_counter() - t0)
 
     def _from_cache(self, tier: str, cache: NodeCache, nodes: np.ndarray, rest: np.ndarray, x: Tensor) -> np.ndarray:
         """Fill the rows ``cache`` holds among positions ``rest``; the positions still unserved."""

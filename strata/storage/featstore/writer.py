@@ -26,7 +26,6 @@ from tqdm.auto import tqdm
 from strata.errors import PackError
 from strata.storage import fs
 from strata.storage.featstore import format as fmt
-from strata.storage.featstore.caches import is_member
 from strata.storage.featstore.config import FeaturesConfig
 from strata.storage.featstore.rows import ChunkedRows
 from strata.storage.featstore.sampling import (
@@ -125,7 +124,7 @@ class Packer:
         counts, max_rows, total_rows = self._sample_all()
         t1 = time.perf_counter()
         hot = self._hot_set(counts, max_rows)
-        packed_rows, max_segment, resumed_feat = self._pack_all(np.sort(hot))
+        packed_rows, max_segment, resumed_feat = self._pack_all(hot)
         t2 = time.perf_counter()
         accesses = int(counts.sum())
         summary = fmt.PackSummary(
@@ -262,7 +261,7 @@ class Packer:
 
     # -- phase 3: pack ---------------------------------------------------------------------
 
-    def _pack_all(self, hot_sorted: np.ndarray) -> tuple[int, int, int]:
+    def _pack_all(self, hot: np.ndarray) -> tuple[int, int, int]:
         packed = max_segment = resumed = 0
         for epoch, group in tqdm(self._groups(), desc="pack", unit="group", disable=not self.progress):
             gdir = fs.join(self.url, fmt.group_name(epoch, group))
@@ -278,15 +277,19 @@ class Packer:
             records = self._read_records(epoch, group)
             if records is None:
                 raise PackError(f"group {gdir} lost its block records during packing; re-run 'strata pack --overwrite'")
-            index = self._write_segments(epoch, group, gdir, records, hot_sorted)
+            index = self._write_segments(epoch, group, gdir, records, hot)
             packed += sum(e.rows for e in index.entries)
             max_segment = max([max_segment] + [e.rows for e in index.entries])
         return packed, max_segment, resumed
 
     def _write_segments(
-        self, epoch: int, group: int, gdir: str, records: list[SampledBatch], hot_sorted: np.ndarray
+        self, epoch: int, group: int, gdir: str, records: list[SampledBatch], hot: np.ndarray
     ) -> fmt.GroupIndex:
-        wanted = [b.input_nodes[~is_member(b.input_nodes, hot_sorted)] for b in records]
+        """Write the group's segments; ``hot`` are the hot ids, hottest first."""
+        order = np.argsort(hot, kind="stable")
+        hot_sorted = hot[order]
+        ranks = [_hot_rank(b.input_nodes, hot_sorted, order) for b in records]
+        wanted = [b.input_nodes[r < 0] for b, r in zip(records, ranks)]
         union = np.unique(np.concatenate(wanted)) if wanted else np.empty(0, np.int64)
         rows = self.rows.gather_sorted(union)  # (len(union), F), read in chunk runs
         self.bytes_read += sum(stop - start for start, stop in self.rows.runs(union)) * self.rows.row_bytes
@@ -295,17 +298,26 @@ class Packer:
         fsys.makedirs(fs.get_fs(gdir)[1], exist_ok=True)
         offset = 0
         with fsys.open(path, "wb") as out:
-            for step, ids in zip(self.manifest.group_steps(group), wanted):
-                segment = rows[np.searchsorted(union, ids)]
-                header, crc = fmt.encode_segment_header(epoch, step, segment)
-                out.write(header)
-                out.write(fmt.as_bytes(segment))
-                length = len(header) + segment.nbytes
+            for step, ids, rank in zip(self.manifest.group_steps(group), wanted, ranks):
+                pieces, length, crc = fmt.encode_segment(epoch, step, rank, rows[np.searchsorted(union, ids)])
+                for piece in pieces:
+                    out.write(piece)
                 index.entries.append(fmt.Entry(offset, length, crc, len(ids)))
                 offset += length
         fs.write_text(fs.join(gdir, fmt.FEAT_MARKER), index.to_json())
         self.bytes_written += offset
         return index
+
+
+def _hot_rank(nodes: np.ndarray, hot_sorted: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Each node's place in the hot list (hottest first), or -1 when it is not hot."""
+    rank = np.full(len(nodes), -1, dtype=np.int32)
+    if len(hot_sorted):
+        at = np.searchsorted(hot_sorted, nodes)
+        at[at == len(hot_sorted)] = 0
+        hit = hot_sorted[at] == nodes
+        rank[hit] = order[at[hit]]
+    return rank
 
 
 def pack(store_url: str, sampler: SamplerConfig, epochs: int, out: str = "", **options: object) -> PackResult:
