@@ -22,10 +22,10 @@ JOB = """
 name: run
 data: {{store: {store}}}
 model: {{name: sage, hidden: 16, num_layers: 2, dropout: 0.3}}
-train: {{executor: minibatch, epochs: {epochs}, lr: 0.01, weight_decay: 0.0, batch_size: 30, fanouts: [4, 4], seed: 5}}
+train: {{executor: minibatch, epochs: {epochs}, lr: 0.01, weight_decay: 0.0, batch_size: 60, fanouts: [4, 4], seed: 5}}
 checkpoint: {{every_steps: {every}, keep: 2}}
 """
-EPOCHS, EVERY, STEPS_PER_EPOCH = 40, 7, 10  # 600 training nodes: 300 per rank, 30 per batch
+EPOCHS, EVERY, STEPS_PER_EPOCH = 40, 7, 10  # 600 training nodes: 300 per rank, 60 per global batch
 
 
 @pytest.fixture(scope="module")

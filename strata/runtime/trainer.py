@@ -18,6 +18,7 @@ uninterrupted run would have made.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
@@ -74,7 +75,8 @@ class TrainConfig:
     weight_decay: float = 5e-4
     """Adam L2 weight decay."""
     batch_size: int = 1024
-    """Seed nodes per mini-batch (minibatch mode)."""
+    """Seed nodes per mini-batch (minibatch mode), over all processes: each of N processes takes
+    ceil(batch_size / N), so a config means the same training at any number of processes."""
     fanouts: list[int] = field(default_factory=lambda: [10, 10])
     """Neighbours sampled per node at each layer, input layer first (minibatch mode)."""
     patience: int = 0
@@ -155,6 +157,7 @@ class TrainResult:
     final_loss: float
     train_seconds: float
     samples_per_second: float
+    """Training samples per second of the whole job (all ranks)."""
     run_dir: str
     checkpoint_dir: str
     metrics_log: str
@@ -205,9 +208,11 @@ def build_executor(
     if cfg.executor == "graph_parallel":
         part = graph_partition(cfg, data, data_cfg, comm, self_loops=model.self_loops)
         return GraphParallelExecutor(model, data, part, comm, device=topology.device)
-    # Each rank samples from its own share of the training nodes; evaluation sees all of data.
+    # Each rank samples its part of every global batch from its own share of the training
+    # nodes; evaluation sees all of data.
     options = FeatureOptions.of_job(features, data_cfg, model.self_loops)
-    batches = make_batches(rank_data(data, comm.rank, comm.world_size, cfg.seed), cfg, model.num_graph_layers, options)
+    rank_cfg = dataclasses.replace(cfg, batch_size=math.ceil(cfg.batch_size / comm.world_size))
+    batches = make_batches(rank_data(data, comm.rank, comm.world_size, cfg.seed), rank_cfg, model.num_graph_layers, options)
     return DataParallelExecutor(cfg.executor, model, data, batches, comm, device=topology.device)
 
 
@@ -382,6 +387,8 @@ def train_node_classifier(
         model.load_state_dict(best)
         final = executor.evaluate()
         comm_bytes = _comm_bytes_over_ranks(comm)
+        # Throughput of the whole job: every rank's samples over rank 0's training time.
+        (samples,) = comm.sum_floats([float(samples)]) if comm.world_size > 1 else (samples,)
         result = TrainResult(
             epochs=state.epoch,
             steps=state.global_step,
