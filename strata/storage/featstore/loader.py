@@ -9,11 +9,13 @@ threads can load steps at once.
 Memory: the host cache and the batches in flight stay within ``host_cache_bytes``
 (:meth:`FeaturesConfig.cache_rows` sizes the cache to what the in-flight batches leave).
 Peak RSS of training is at most that budget plus a fixed overhead: the process before the
-store is opened (interpreter, torch, DGL; ~0.3 GiB), the graph topology and labels the trainer
-keeps (8 (N + 1 + E) + 8 N bytes), per worker one fall-back read (``max_read_bytes``) when
-the fall-back tier is used, and 16 MiB of allocator and per-batch object slack. Measured in
-``benchmarks/ooc_features.py``: 2M x 128 features, a 256 MiB budget, peak RSS 258.5 MiB
-above the process before the store was opened.
+store is opened (interpreter, torch, DGL; ~0.3 GiB), the graph topology and labels the
+trainer keeps (8 (N + 1 + E) + 8 N bytes), 32 MiB of allocator and per-batch object slack,
+and, only while the fall-back tier is used, up to 3 x ``max_read_bytes`` per worker (zarr
+holds a read's compressed and decoded chunks at once). Measured by
+``benchmarks/ooc_features.py`` (2M x 128 features, 256 MiB budget): packed +273.6 MiB over
+the process before the store was opened (+17.6 MiB over budget); cached, whose misses go to
+the fall-back, +364.6 MiB (+108.6 MiB, 32 MiB reads).
 """
 
 from __future__ import annotations
@@ -107,7 +109,8 @@ class PackedLoader:
         table = torch.from_numpy(reader.hot_rows(cached))
         dim = manifest.feat_dim
         device_cache = NodeCache(hot[:device_rows], table[:device_rows], dim, device)
-        host_cache = NodeCache(hot[device_rows:cached], table[device_rows:], dim, torch.device("cpu"))
+        host_rows = table[device_rows:].clone() if device_rows else table  # no host copy of device rows
+        host_cache = NodeCache(hot[device_rows:cached], host_rows, dim, torch.device("cpu"))
         self.tiers = TieredFeatures(fallback, self.counters, device_cache=device_cache, host_cache=host_cache, device=device)
 
     def steps_per_epoch(self) -> int:
