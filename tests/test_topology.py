@@ -109,6 +109,8 @@ def test_indexed_job() -> None:
         topology_from_env({"JOB_COMPLETION_INDEX": "1"})
     with pytest.raises(TopologyError, match="disagrees"):
         topology_from_env({**env, "RANK": "2"})
+    with pytest.raises(TopologyError, match="under torchrun"):
+        topology_from_env({**env, "PET_NPROC_PER_NODE": "2"})
 
 
 @pytest.mark.parametrize(

@@ -197,6 +197,7 @@ def _indexed_job(env: Mapping[str, str]) -> dict:
     if "RANK" in env and _int(env, "RANK") != index:
         raise TopologyError(f"RANK={env['RANK']} disagrees with JOB_COMPLETION_INDEX={index}; set one of them")
     world_size = _int(env, "WORLD_SIZE")
+    _refuse_without_torchrun(env, world_size)
     if world_size > 1 and "MASTER_ADDR" not in env:
         raise TopologyError("an Indexed Job needs MASTER_ADDR: the hostname of index 0 under the job's headless Service")
     return dict(
@@ -214,13 +215,7 @@ def _indexed_job(env: Mapping[str, str]) -> dict:
 
 def _kubeflow(env: Mapping[str, str]) -> dict:
     pods = _int(env, "WORLD_SIZE")
-    nproc = env.get("PET_NPROC_PER_NODE", "1")
-    if nproc.isdigit() and int(nproc) > 1:
-        raise TopologyError(
-            f"this pod is one of {pods} (WORLD_SIZE counts pods) and expects {nproc} processes (PET_NPROC_PER_NODE), "
-            "but strata was started directly; start it as 'torchrun strata-train-args...' (torchrun reads the PET_* "
-            "variables), e.g. 'torchrun -m strata.launch.cli train CONFIG'"
-        )
+    _refuse_without_torchrun(env, pods)
     return dict(
         rank=_int(env, "RANK"),
         world_size=pods,
@@ -235,6 +230,16 @@ def _kubeflow(env: Mapping[str, str]) -> dict:
 
 
 # -- helpers -------------------------------------------------------------------------------
+
+
+def _refuse_without_torchrun(env: Mapping[str, str], pods: int) -> None:
+    nproc = env.get("PET_NPROC_PER_NODE", "1")
+    if nproc.isdigit() and int(nproc) > 1:
+        raise TopologyError(
+            f"this pod is one of {pods} (WORLD_SIZE counts pods) and expects {nproc} processes (PET_NPROC_PER_NODE), "
+            "but strata was started directly; start it under torchrun, which reads the PET_* variables: "
+            "'torchrun -m strata.launch.cli train CONFIG'"
+        )
 
 
 def _backend_and_device(backend: str, cuda_devices: int, local_rank: int, local_world_size: int) -> tuple[str, str]:
