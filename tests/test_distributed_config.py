@@ -37,6 +37,7 @@ def test_executor_and_mode_resolve_together(given: dict, executor: str, mode: st
         ({"executor": "minibatch", "mode": "full"}, "contradicts"),
         ({"executor": "pipeline"}, "train.executor must be one of full, minibatch, graph_parallel"),
         ({"partitioner": "kmeans"}, "train.partitioner must be one of"),
+        ({"executor": "minibatch", "partition": "metis-2"}, "train.partition names the parts of graph_parallel"),
     ],
 )
 def test_bad_executor_settings_name_the_key(given: dict, message: str) -> None:

@@ -99,6 +99,11 @@ class TrainConfig:
                 f"{'sampled mini-batches' if implied == 'minibatch' else 'the whole graph'}; drop train.mode"
             )
         self.mode = implied
+        if self.partition and self.executor != "graph_parallel":
+            raise ConfigError(
+                f"train.partition names the parts of graph_parallel, but train.executor is '{self.executor}' "
+                "(minibatch ranks take balanced shares of the training nodes); drop train.partition"
+            )
         if self.partitioner not in PARTITION_METHODS:
             raise ConfigError(f"train.partitioner must be one of {', '.join(PARTITION_METHODS)}, got '{self.partitioner}'")
         if self.epochs < 1:
