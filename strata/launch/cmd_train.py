@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         result = train_node_classifier(
             job.data, job.model, job.train, job.checkpoint, job.metrics,
             run_dir=job.run_dir, resume=args.resume, progress=show_progress(args), topology=topology,
-            features=job.features,
+            features=job.features, pipeline=job.pipeline,
         )
     if not topology.is_main:
         return 0

@@ -9,6 +9,7 @@ from strata.launch.config_io import apply_overrides, from_dict, load_yaml
 from strata.models import ModelConfig
 from strata.runtime.data import DataConfig
 from strata.runtime.distributed import DistributedConfig
+from strata.runtime.executors.layer_pipeline import PipelineConfig
 from strata.runtime.metrics import MetricsConfig
 from strata.runtime.trainer import CheckpointConfig, TrainConfig
 from strata.storage.featstore.config import FeaturesConfig
@@ -31,6 +32,8 @@ class JobConfig:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     """How node features reach training: in memory, cached, or packed by `strata pack`."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    """train.executor=layer_pipeline: chunks, schedule and historical embeddings."""
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:

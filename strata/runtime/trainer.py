@@ -38,8 +38,10 @@ from strata.runtime.comm import Comm
 from strata.runtime.data import DataConfig, NodeData, load_node_data
 from strata.runtime.executors.base import Executor
 from strata.partitioners import assign, open_partition
+from strata.partitioners.stages import assign_stages
 from strata.partitioners.config import METHODS as PARTITION_METHODS
 from strata.runtime.executors.graph_parallel import GraphParallelExecutor, global_csc
+from strata.runtime.executors.layer_pipeline import LayerPipelineExecutor, PipelineConfig
 from strata.runtime.executors.minibatch import DataParallelExecutor, evaluate_full_graph, rank_data
 from strata.runtime.executors.partition import LocalPartition, from_stored_part, local_partition
 from strata.runtime.metrics import MetricsConfig, TrainingMetrics
@@ -49,7 +51,7 @@ from strata.storage.featstore.config import FeaturesConfig
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("full", "minibatch", "graph_parallel")
+EXECUTORS = ("full", "minibatch", "graph_parallel", "layer_pipeline")
 
 
 @dataclass
@@ -61,8 +63,9 @@ class TrainConfig:
     empty = what ``executor`` implies ('full' when both are empty)."""
     executor: str = ""
     """How steps run: 'full' (the whole graph in one process), 'minibatch' (sampled mini-batches,
-    data parallel over all processes) or 'graph_parallel' (the whole graph cut into one part per
-    process, halo embeddings exchanged at every layer); empty = the executor of ``mode``."""
+    data parallel over all processes), 'graph_parallel' (the whole graph cut into one part per
+    process, halo embeddings exchanged at every layer) or 'layer_pipeline' (each process a stage of
+    consecutive layers over the whole graph, see the pipeline section); empty = the executor of ``mode``."""
     partition: str = ""
     """graph_parallel: name of a partition of the store (written by 'strata partition --parts N
     --name NAME', N = number of processes); empty = assign nodes to processes in memory."""
@@ -206,10 +209,32 @@ def graph_partition(cfg: TrainConfig, data: NodeData, data_cfg: DataConfig, comm
     return local_partition(indptr, indices, assignment, comm.rank, num_parts=comm.world_size)
 
 
+def pipeline_executor(
+    cfg: TrainConfig, pipeline: PipelineConfig, model: LayeredModel, data: NodeData, comm: Comm, topology: Topology
+) -> LayerPipelineExecutor:
+    """One stage per process: layers split by the cost model, the graph cut into chunks by
+    ``pipeline.chunk_method`` (rank 0 assigns, every rank gets its answer)."""
+    indptr, indices = global_csc(data.graph)
+    num_nodes = len(indptr) - 1
+    stages = assign_stages(model, comm.world_size, data.feat.shape[1], num_nodes, len(indices))
+    if pipeline.chunks > num_nodes:
+        raise ConfigError(f"pipeline.chunks is {pipeline.chunks} but the graph has only {num_nodes} nodes")
+    if comm.rank == 0:
+        chunks = assign((indptr, indices), pipeline.chunks, cfg.seed, method=pipeline.chunk_method)
+        chunk_of = torch.from_numpy(chunks.astype(np.int64))
+    else:
+        chunk_of = torch.empty(num_nodes, dtype=torch.int64)
+    chunk_of = comm.broadcast(chunk_of, 0).numpy()
+    return LayerPipelineExecutor(model, data, comm, stages=stages, chunk_of=chunk_of, cfg=pipeline, device=topology.device)
+
+
 def build_executor(
     cfg: TrainConfig, model: LayeredModel, data: NodeData, data_cfg: DataConfig, comm: Comm, topology: Topology,
     features: FeaturesConfig | None = None,
+    pipeline: PipelineConfig | None = None,
 ) -> Executor:
+    if cfg.executor == "layer_pipeline":
+        return pipeline_executor(cfg, pipeline or PipelineConfig(), model, data, comm, topology)
     if cfg.executor == "graph_parallel":
         part = graph_partition(cfg, data, data_cfg, comm, self_loops=model.self_loops)
         return GraphParallelExecutor(model, data, part, comm, device=topology.device)
@@ -302,6 +327,7 @@ def train_node_classifier(
     topology: Topology | None = None,
     on_step: Callable[[LoopState], None] | None = None,
     features: FeaturesConfig | None = None,
+    pipeline: PipelineConfig | None = None,
 ) -> TrainResult:
     """Train on every rank of ``topology`` (default: this one process).
 
@@ -327,7 +353,7 @@ def train_node_classifier(
     bar = None
     try:
         comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
-        executor = build_executor(cfg, model, data, data_cfg, comm, topology, features)
+        executor = build_executor(cfg, model, data, data_cfg, comm, topology, features, pipeline)
         if topology.is_distributed:
             torch.manual_seed(_rank_seed(cfg.seed, topology.rank))
 
@@ -364,6 +390,8 @@ def train_node_classifier(
                 state.step_in_epoch += 1
                 state.last_loss = step.loss
                 metrics.step(seconds=seconds, samples=step.samples, loss=state.last_loss)
+                if isinstance(executor, LayerPipelineExecutor):
+                    metrics.bubble.set(executor.stats.bubble_ratio)
                 if ckpt_cfg.every_steps and state.global_step % ckpt_cfg.every_steps == 0:
                     _save(ckpt_root, state, model, optimizer, best, ckpt_cfg.keep, comm)
                 if on_step is not None:

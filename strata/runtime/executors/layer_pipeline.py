@@ -36,7 +36,7 @@ from strata.errors import ConfigError
 from strata.models import LayeredModel
 from strata.runtime.comm import Comm
 from strata.runtime.data import NodeData
-from strata.runtime.executors.base import StepResult
+from strata.runtime.executors.base import StepResult, broadcast_parameters
 from strata.runtime.executors.graph_parallel import global_csc, local_block
 from strata.runtime.executors.partition import LocalPartition, local_partition
 from strata.runtime.executors.pipeline_schedule import (
@@ -178,6 +178,7 @@ class LayerPipelineExecutor:
                 self.tables[i] = torch.zeros(num_nodes, widths[span.start + i][0], device=device)
         self.stats = PipelineStats()
         self._last_sync = -1
+        broadcast_parameters(self.model, comm)
 
     # -- one stage's compute -------------------------------------------------------------
 
