@@ -73,6 +73,16 @@ def planetoid_dir() -> Path:
     return require_planetoid()
 
 
+@pytest.fixture(scope="session")
+def cora_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Cora ingested once per test session; skips, saying why, where the shared data is absent."""
+    from strata.storage.ingest import ingest
+
+    url = str(tmp_path_factory.mktemp("cora") / "cora")
+    ingest("planetoid", str(require_planetoid()), url, name="cora")
+    return url
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,20 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from statistics import mean
 
-import pytest
 
 from strata.launch.job import load_job
 from strata.runtime.trainer import train_node_classifier
-from strata.storage.ingest import ingest
-from tests.conftest import REPO, require_planetoid
+from tests.conftest import REPO
 
-
-@pytest.fixture(scope="module")
-def cora_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    planetoid = require_planetoid()
-    url = str(tmp_path_factory.mktemp("cora") / "cora")
-    ingest("planetoid", str(planetoid), url, name="cora")
-    return url
 
 
 def _mean_test_accuracy(config: str, store: str, tmp_path: Path) -> float:

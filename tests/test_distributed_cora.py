@@ -13,8 +13,7 @@ from statistics import mean
 import pytest
 
 from strata.launch.job import load_job
-from strata.storage.ingest import ingest
-from tests.conftest import REPO, require_planetoid
+from tests.conftest import REPO
 from tests.dist_utils import run_workers
 
 SEEDS = range(4)
@@ -23,13 +22,6 @@ SAGE = [
     "train.epochs=20", "train.batch_size=32", "train.fanouts=[10, 10]", "train.patience=0",
 ]
 
-
-@pytest.fixture(scope="module")
-def cora_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    planetoid = require_planetoid()
-    url = str(tmp_path_factory.mktemp("cora") / "cora")
-    ingest("planetoid", str(planetoid), url, name="cora")
-    return url
 
 
 def _accuracies(topology, store: str, run_root: str, overrides: list[str]) -> list[float]:

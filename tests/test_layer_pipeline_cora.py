@@ -13,19 +13,12 @@ from statistics import mean
 import pytest
 
 from strata.launch.job import load_job
-from strata.storage.ingest import ingest
-from tests.conftest import REPO, require_planetoid
+from tests.conftest import REPO
 from tests.dist_utils import run_workers
 
 SEEDS = range(2)
 PIPELINE = ["train.executor=layer_pipeline", "pipeline.chunks=4", "pipeline.history=true", "pipeline.sync_every=10"]
 
-
-@pytest.fixture(scope="module")
-def cora_store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    url = str(tmp_path_factory.mktemp("cora") / "cora")
-    ingest("planetoid", str(require_planetoid()), url, name="cora")
-    return url
 
 
 def _accuracies(topology, store: str, run_root: str, overrides: list[str]) -> list[float]:
