@@ -73,6 +73,7 @@ class TrainingMetrics:
         ).labels(**self.labels)
         self.bubble = Gauge("strata_pipeline_bubble_ratio", "Idle share of pipeline stage time.", names, registry=reg).labels(**self.labels)
         self._server: Any = None
+        self._totals: dict[tuple[str, ...], float] = {}
         self._jsonl = jsonl_url
         if cfg.port:
             self._serve(cfg.port + local_rank)
@@ -83,6 +84,16 @@ class TrainingMetrics:
     def comm(self, op: str, nbytes: int, seconds: float) -> None:
         self._comm_bytes.labels(**self.labels, op=op).inc(nbytes)
         self._comm_seconds.labels(**self.labels, op=op).inc(seconds)
+
+    def observe_feature_totals(self, *, cache_hits: dict[str, int], storage_read_bytes: int) -> None:
+        """Advance the feature-store counters to these running totals (the store counts on its own)."""
+        for tier, total in cache_hits.items():
+            self._advance(("hits", tier), self.cache_hits(tier), total)
+        self._advance(("read",), self.storage_read_bytes, storage_read_bytes)
+
+    def _advance(self, key: tuple[str, ...], counter: Any, total: float) -> None:
+        counter.inc(max(0.0, total - self._totals.get(key, 0.0)))
+        self._totals[key] = max(total, self._totals.get(key, 0.0))
 
     def _serve(self, port: int) -> None:
         try:

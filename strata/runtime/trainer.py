@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from strata.errors import CheckpointError, ConfigError, StrataError
 from strata.models import LayeredModel, ModelConfig, build_gnn
-from strata.runtime.batches import FeatureOptions, make_batches
+from strata.runtime.batches import FeatureOptions, StoreBatches, make_batches
 from strata.runtime.comm import Comm
 from strata.runtime.data import DataConfig, NodeData, load_node_data
 from strata.runtime.executors.base import Executor
@@ -351,9 +351,12 @@ def train_node_classifier(
         jsonl_url=jsonl if topology.is_main else None,
     )
     bar = None
+    store_batches = None
     try:
         comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
         executor = build_executor(cfg, model, data, data_cfg, comm, topology, features, pipeline)
+        if isinstance(getattr(executor, "batches", None), StoreBatches):
+            store_batches = executor.batches
         if topology.is_distributed:
             torch.manual_seed(_rank_seed(cfg.seed, topology.rank))
 
@@ -392,6 +395,9 @@ def train_node_classifier(
                 metrics.step(seconds=seconds, samples=step.samples, loss=state.last_loss)
                 if isinstance(executor, LayerPipelineExecutor):
                     metrics.bubble.set(executor.stats.bubble_ratio)
+                if store_batches is not None:
+                    counters = store_batches.counters
+                    metrics.observe_feature_totals(cache_hits=counters.cache_hits(), storage_read_bytes=counters.storage_read_bytes)
                 if ckpt_cfg.every_steps and state.global_step % ckpt_cfg.every_steps == 0:
                     _save(ckpt_root, state, model, optimizer, best, ckpt_cfg.keep, comm)
                 if on_step is not None:
@@ -445,6 +451,8 @@ def train_node_classifier(
     finally:
         if bar is not None:
             bar.close()
+        if store_batches is not None:
+            store_batches.close()
         metrics.close()
 
 
