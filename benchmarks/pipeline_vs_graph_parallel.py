@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from torchrun_job import run_training
 
 JOB = """
 name: {name}
@@ -47,17 +46,7 @@ def _run(workdir: Path, store: str, executor: str, args: argparse.Namespace, lay
     config.write_text(
         JOB.format(name=name, store=store, executor=executor, hidden=args.hidden, layers=layers, epochs=args.epochs, chunks=args.chunks)
     )
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.procs), "--master-addr", "127.0.0.1",
-        "--master-port", str(port), "-m", "strata.launch.cli", "train", str(config), "--json", "-q",
-        *[x for item in extra for x in ("--set", item)],
-    ]
-    started = time.perf_counter()
-    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
-    result["wall_seconds"] = time.perf_counter() - started
+    result = run_training(workdir, config, args.procs, port, extra)
     events = [json.loads(line) for line in (workdir / "runs" / name / "metrics.jsonl").read_text().splitlines()]
     stamps = [e["time"] for e in events if e["event"] in ("start", "epoch")]
     result["epoch_seconds"] = statistics.median(b - a for a, b in zip(stamps, stamps[1:]))

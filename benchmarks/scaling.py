@@ -14,13 +14,11 @@ times are indicative when the processes share fewer cores than there are process
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from torchrun_job import run_training
 
 JOB = """
 name: {name}
@@ -40,18 +38,7 @@ def _run(workdir: Path, store: str, executor: str, procs: int, port: int, partit
     name = f"{executor}-{procs}"
     config = workdir / f"{name}.yaml"
     config.write_text(JOB.format(name=name, store=store, executor=executor, **WORKLOADS[executor]))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1",
-        "--master-port", str(port), "-m", "strata.launch.cli", "train", str(config), "--json", "-q",
-        *(["--set", f"train.partition={partition_name}"] if partition_name else []),
-    ]
-    started = time.perf_counter()
-    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{proc.stderr[-3000:]}")
-    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
-    result["wall_seconds"] = time.perf_counter() - started
-    return result
+    return run_training(workdir, config, procs, port, [f"train.partition={partition_name}"] if partition_name else [])
 
 
 def partition(store: str, procs: int) -> str:

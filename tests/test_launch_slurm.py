@@ -44,12 +44,12 @@ def _bash_syntax_ok(script: str, tmp_path: Path) -> None:
 
 def test_torchrun_mode_runs_one_torchrun_per_node_with_c10d_on_the_first_node(tmp_path: Path) -> None:
     cfg = SlurmConfig(nodes=4, gpus_per_node=8, partition="gpu", time="2-00:00:00", cpus_per_task=32, max_restarts=2)
-    script = sbatch_script(cfg, job_name="big", config="jobs/big.yaml", log_dir="runs/big", chdir="/work/x", overrides=("train.seed=3",))
+    script = sbatch_script(cfg, job_name="big", config="jobs/big.yaml", log_dir="runs/big", chdir="/srv/jobs", overrides=("train.seed=3",))
     _bash_syntax_ok(script, tmp_path)
     assert script.startswith("#!/bin/bash\n")
     assert _directives(script) == {
         "--job-name": "big", "--nodes": "4", "--ntasks-per-node": "1", "--gpus-per-node": "8", "--cpus-per-task": "32",
-        "--partition": "gpu", "--time": "2-00:00:00", "--chdir": "/work/x", "--output": "runs/big/slurm-%j.out",
+        "--partition": "gpu", "--time": "2-00:00:00", "--chdir": "/srv/jobs", "--output": "runs/big/slurm-%j.out",
         "--open-mode": "append", "--requeue": "",
     }
     assert 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in script
