@@ -51,6 +51,26 @@ def random_graph(num_nodes: int, num_edges: int, feat_dim: int = 8, num_classes:
     )
 
 
+def random_node_data(
+    num_nodes: int, num_edges: int, *, feat_dim: int, num_classes: int, seed: int, symmetrize: bool, self_loops: bool
+):
+    """A NodeData (DGL graph, features, labels, splits) over ``random_graph``, for executor tests."""
+    import torch
+
+    from strata.runtime.data import NodeData, to_dgl
+    from strata.storage.ingest.common import edges_to_csc
+
+    g = random_graph(num_nodes, num_edges, feat_dim=feat_dim, num_classes=num_classes, seed=seed)
+    indptr, indices = edges_to_csc(g.src, g.dst, num_nodes, symmetrize=symmetrize, where="test")
+    return NodeData(
+        graph=to_dgl(indptr, indices, num_nodes, self_loops=self_loops),
+        feat=torch.from_numpy(g.feat),
+        label=torch.from_numpy(g.label),
+        splits={k: torch.from_numpy(v) for k, v in g.splits.items()},
+        num_classes=num_classes,
+    )
+
+
 @pytest.fixture
 def tiny_store(store_root: str) -> str:
     """A complete store of a random 50-node graph, on each store backend."""

@@ -6,24 +6,17 @@ import pytest
 import torch
 
 from strata.models import ModelConfig, build_gnn
-from strata.runtime.data import NodeData, to_dgl
+from strata.runtime.data import NodeData
 from strata.runtime.executors.minibatch import balanced_share
-from strata.storage.ingest.common import edges_to_csc
-from tests.conftest import random_graph
+from tests.conftest import random_node_data
 from tests.dist_utils import run_workers
 
 NUM_NODES, FEAT, CLASSES, STEPS = 200, 6, 3, 4
 
 
 def _data(self_loops: bool) -> NodeData:
-    g = random_graph(NUM_NODES, 1000, feat_dim=FEAT, num_classes=CLASSES, seed=5)
-    indptr, indices = edges_to_csc(g.src, g.dst, NUM_NODES, symmetrize=True, where="test")
-    return NodeData(
-        graph=to_dgl(indptr, indices, NUM_NODES, self_loops=self_loops),
-        feat=torch.from_numpy(g.feat),
-        label=torch.from_numpy(g.label),
-        splits={k: torch.from_numpy(v) for k, v in g.splits.items()},
-        num_classes=CLASSES,
+    return random_node_data(
+        NUM_NODES, 1000, feat_dim=FEAT, num_classes=CLASSES, seed=5, symmetrize=True, self_loops=self_loops
     )
 
 

@@ -8,10 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from strata.models import ModelConfig, build_gnn
-from strata.runtime.data import NodeData, to_dgl
+from strata.runtime.data import NodeData
 from strata.runtime.executors.partition import local_partition
-from strata.storage.ingest.common import edges_to_csc
-from tests.conftest import random_graph
+from tests.conftest import random_graph, random_node_data
 from tests.dist_utils import run_workers
 
 MODELS = ("gcn", "sage", "gat", "gcnii")
@@ -19,14 +18,8 @@ NUM_NODES, NUM_EDGES, FEAT, CLASSES = 120, 600, 6, 4
 
 
 def _data(self_loops: bool) -> NodeData:
-    g = random_graph(NUM_NODES, NUM_EDGES, feat_dim=FEAT, num_classes=CLASSES, seed=3)
-    indptr, indices = edges_to_csc(g.src, g.dst, NUM_NODES, symmetrize=False, where="test")
-    return NodeData(
-        graph=to_dgl(indptr, indices, NUM_NODES, self_loops=self_loops),
-        feat=torch.from_numpy(g.feat),
-        label=torch.from_numpy(g.label),
-        splits={k: torch.from_numpy(v) for k, v in g.splits.items()},
-        num_classes=CLASSES,
+    return random_node_data(
+        NUM_NODES, NUM_EDGES, feat_dim=FEAT, num_classes=CLASSES, seed=3, symmetrize=False, self_loops=self_loops
     )
 
 
