@@ -82,6 +82,9 @@ class _Unit:
     block: object
     train: Tensor
     """Positions (among ``part.owned``) of the training nodes."""
+    owned_ids: Tensor
+    """``part.owned`` on the device, made once rather than at every pass."""
+    halo_ids: Tensor
 
     @property
     def owned(self) -> np.ndarray:
@@ -163,7 +166,9 @@ class LayerPipelineExecutor:
         def unit(assignment: np.ndarray, index: int, parts: int) -> _Unit:
             part = local_partition(indptr, indices, assignment, index, num_parts=parts)
             block = local_block(part, in_deg, out_deg).to(device)
-            return _Unit(part, block, torch.from_numpy(np.flatnonzero(train_mask[part.owned])).to(device))
+            train = torch.from_numpy(np.flatnonzero(train_mask[part.owned])).to(device)
+            owned, halo = torch.from_numpy(part.owned).to(device), torch.from_numpy(part.halo).to(device)
+            return _Unit(part, block, train, owned, halo)
 
         self.whole = unit(np.zeros(num_nodes, dtype=np.int64), 0, 1)
         num_chunks = int(chunk_of.max()) + 1 if num_nodes else 1
@@ -183,8 +188,7 @@ class LayerPipelineExecutor:
     # -- one stage's compute -------------------------------------------------------------
 
     def _stage_forward(self, unit: _Unit, h: Tensor, h0: Tensor | None, *, record: bool) -> tuple[Tensor, Tensor | None]:
-        owned = torch.from_numpy(unit.owned).to(self.device)
-        halo = torch.from_numpy(unit.part.halo).to(self.device)
+        owned, halo = unit.owned_ids, unit.halo_ids
         for i, layer in enumerate(self.layers):
             if not layer.uses_graph:
                 h, h0 = layer(None, h, h0)
@@ -207,11 +211,11 @@ class LayerPipelineExecutor:
 
     def _input(self, unit: _Unit, received: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if self.stage == 0:
-            return self.feat[torch.from_numpy(unit.owned).to(self.device)], None
+            return self.feat[unit.owned_ids], None
         return self._unpack(received, self.in_width)
 
     def _loss(self, unit: _Unit, logits: Tensor) -> Tensor:
-        owned = torch.from_numpy(unit.owned).to(self.device)
+        owned = unit.owned_ids
         if len(unit.train) == 0:
             return logits.sum() * 0.0  # keeps the chunk's graph connected: its backward sends zeros
         labels = self.label[owned[unit.train]]
