@@ -31,9 +31,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from strata.errors import CheckpointError, ConfigError, StrataError
+from strata.errors import ConfigError, StrataError
 from strata.models import LayeredModel, ModelConfig, build_gnn
 from strata.runtime.batches import FeatureOptions, StoreBatches, make_batches
+from strata.runtime import checkpointing
 from strata.runtime.comm import Comm
 from strata.runtime.data import DataConfig, NodeData, load_node_data
 from strata.runtime.executors.base import Executor
@@ -46,7 +47,7 @@ from strata.runtime.executors.minibatch import DataParallelExecutor, evaluate_fu
 from strata.runtime.executors.partition import LocalPartition, from_stored_part, local_partition
 from strata.runtime.metrics import MetricsConfig, TrainingMetrics
 from strata.runtime.topology import Topology, single_process
-from strata.storage import checkpoint, fs
+from strata.storage import fs
 from strata.storage.featstore.config import FeaturesConfig
 
 log = logging.getLogger(__name__)
@@ -259,55 +260,27 @@ def _check_world(cfg: TrainConfig, topology: Topology) -> None:
         )
 
 
-def _rank_seed(seed: int, rank: int) -> int:
-    # Replicas must draw different dropout masks for their different nodes.
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
-
-
 # -- checkpoints ---------------------------------------------------------------------------
 
 
 def _save(root: str, state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer, best: dict[str, Tensor], keep: int, comm: Comm) -> None:
-    """Every rank writes its shard; once all have, rank 0 commits the checkpoint."""
-    checkpoint.write_shard(
-        root,
-        state.global_step,
-        comm.rank,
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "best_model": best,
-            "torch_rng": torch.get_rng_state(),
-            "loop": asdict(state),
-        },
-    )
-    comm.barrier()
-    if comm.rank == 0:
-        checkpoint.commit(root, state.global_step, world_size=comm.world_size, keep=keep)
+    shard = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "best_model": best,
+        "torch_rng": torch.get_rng_state(),
+        "loop": asdict(state),
+    }
+    checkpointing.save(root, state.global_step, shard, keep=keep, comm=comm)
 
 
 def _restore(root: str, model: nn.Module, optimizer: torch.optim.Optimizer, comm: Comm) -> tuple[LoopState, dict[str, Tensor]] | None:
-    # Rank 0 decides which checkpoint every rank resumes from.
-    newest = checkpoint.latest_step(root) if comm.rank == 0 else None
-    step = comm.broadcast_int(-1 if newest is None else newest)
-    if step < 0:
-        log.info("no complete checkpoint under %s: starting from scratch", root)
+    found = checkpointing.restore(root, comm)
+    if found is None:
         return None
-    written_by = checkpoint.read_marker(root, step)["world_size"]
-    if written_by != comm.world_size:
-        raise CheckpointError(
-            f"checkpoint step {step} under '{root}' was written by {written_by} processes but this run has "
-            f"{comm.world_size}: each rank's optimizer, RNG and data position are in its own shard and cannot be "
-            f"re-split; resume with {written_by} processes, or start afresh with another checkpoint.dir"
-        )
-    shard = checkpoint.read_shard(root, step, comm.rank)
-    try:
-        model.load_state_dict(shard["model"])
-        optimizer.load_state_dict(shard["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(f"checkpoint step {step} under '{root}' does not fit this model: {exc}") from exc
+    step, shard = found
+    checkpointing.load_states(step, root, {"model": (model, shard["model"]), "optimizer": (optimizer, shard["optimizer"])})
     torch.set_rng_state(shard["torch_rng"])
-    log.info("resumed from checkpoint step %d under %s", step, root)
     return LoopState(**shard["loop"]), shard["best_model"]
 
 
@@ -358,7 +331,7 @@ def train_node_classifier(
         if isinstance(getattr(executor, "batches", None), StoreBatches):
             store_batches = executor.batches
         if topology.is_distributed:
-            torch.manual_seed(_rank_seed(cfg.seed, topology.rank))
+            torch.manual_seed(checkpointing.rank_seed(cfg.seed, topology.rank))
 
         state, best = LoopState(), copy.deepcopy(model.state_dict())
         if resume or topology.restart_count > 0:

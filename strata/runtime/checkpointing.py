@@ -1,0 +1,64 @@
+"""The collective side of checkpoints, shared by every training loop.
+
+Every rank writes its own shard (its optimizer, RNG and data position differ); once all
+have, rank 0 commits the checkpoint. On resume rank 0 picks the newest complete checkpoint
+and every rank reads its own shard of that one, so ranks never resume from different steps.
+What goes into a shard is the training loop's business; the file format is
+:mod:`strata.storage.checkpoint`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from strata.errors import CheckpointError
+from strata.runtime.comm import Comm
+from strata.storage import checkpoint
+
+log = logging.getLogger(__name__)
+
+
+def save(root: str, step: int, shard: dict[str, Any], *, keep: int, comm: Comm) -> None:
+    """Write this rank's ``shard`` of checkpoint ``step``; rank 0 commits once every rank has."""
+    checkpoint.write_shard(root, step, comm.rank, shard)
+    comm.barrier()
+    if comm.rank == 0:
+        checkpoint.commit(root, step, world_size=comm.world_size, keep=keep)
+    comm.barrier()
+
+
+def restore(root: str, comm: Comm) -> tuple[int, dict[str, Any]] | None:
+    """(step, this rank's shard) of the newest complete checkpoint under ``root``, or None."""
+    newest = checkpoint.latest_step(root) if comm.rank == 0 else None
+    step = comm.broadcast_int(-1 if newest is None else newest)
+    if step < 0:
+        log.info("no complete checkpoint under %s: starting from scratch", root)
+        return None
+    written_by = checkpoint.read_marker(root, step)["world_size"]
+    if written_by != comm.world_size:
+        raise CheckpointError(
+            f"checkpoint step {step} under '{root}' was written by {written_by} processes but this run has "
+            f"{comm.world_size}: each rank's optimizer, RNG and data position are in its own shard and cannot be "
+            f"re-split; resume with {written_by} processes, or start afresh with another checkpoint.dir"
+        )
+    log.info("resuming from checkpoint step %d under %s", step, root)
+    return step, checkpoint.read_shard(root, step, comm.rank)
+
+
+def load_states(step: int, root: str, pairs: dict[str, tuple[Any, dict[str, Any]]]) -> None:
+    """``target.load_state_dict(state)`` for each named (target, state), as one CheckpointError
+    naming the part that does not fit."""
+    for name, (target, state) in pairs.items():
+        try:
+            target.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"checkpoint step {step} under '{root}': its {name} does not fit this run: {exc}") from exc
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """A seed of its own for each rank (replicas must draw different dropout masks), a pure
+    function of (seed, rank)."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
