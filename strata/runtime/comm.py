@@ -55,6 +55,15 @@ class Comm:
         if self.sink is not None:
             self.sink(op, nbytes, seconds)
 
+    def record(self, op: str, nbytes: int, seconds: float) -> None:
+        """Account traffic that another library sent on this rank's behalf (e.g. DeepSpeed)."""
+        totals = self.totals.setdefault(op, OpTotals())
+        totals.calls += 1
+        totals.bytes += nbytes
+        totals.seconds += seconds
+        if self.sink is not None:
+            self.sink(op, nbytes, seconds)
+
     def bytes_by_op(self) -> dict[str, int]:
         return {op: t.bytes for op, t in self.totals.items()}
 
