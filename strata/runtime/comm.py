@@ -47,13 +47,7 @@ class Comm:
         if any(t.is_cuda for t in tensors):
             # NCCL ops are asynchronous to the host: wait so the seconds are the op's.
             torch.cuda.synchronize(tensors[0].device)
-        seconds = time.perf_counter() - started
-        totals = self.totals.setdefault(op, OpTotals())
-        totals.calls += 1
-        totals.bytes += nbytes
-        totals.seconds += seconds
-        if self.sink is not None:
-            self.sink(op, nbytes, seconds)
+        self.record(op, nbytes, time.perf_counter() - started)
 
     def record(self, op: str, nbytes: int, seconds: float) -> None:
         """Account traffic that another library sent on this rank's behalf (e.g. DeepSpeed)."""
