@@ -14,9 +14,18 @@ A dataset store is a zarr v3 group at any fsspec URL::
       node/split/valid          int64 (n_valid,)
       node/split/test           int64 (n_test,)
       edge/<name>               optional per-edge arrays, in CSC edge order
-      images/data               (N, C, H, W) image data sets (diffusion)
-      images/label              int64 (N,)
+      images/data               float32 (N, C, H, W) image data sets (diffusion), values in [-1, 1],
+                                chunked by rows of whole images
+      images/label              int64 (N,)     class id >= 0; absent when the images are unlabelled
+      quality/classifier/       the cached reference classifier of an image store, written by
+        weights.pt              strata.runtime.quality after the store is complete (torch state dict)
+        info.json               its held-out accuracy and a fingerprint of the data it learnt from
       partitions/<name>/        written by strata partition, with their own marker
+
+An image store's marker counts images in ``num_nodes`` (the writer's row count) and adds
+``num_classes`` (0 when unlabelled) and, under ``extra``: ``kind: "images"``, ``num_images``,
+``image_shape`` [C, H, W] and how the input was read (``input_layout``, ``input_dtype``,
+``input_range``).
 
 Checksums are BLAKE2b-128 over each array's logical little-endian bytes in row order, so
 they do not depend on chunking or compression.
@@ -32,6 +41,7 @@ LABEL = "node/label"
 SPLITS = ("train", "valid", "test")
 IMAGES = "images/data"
 IMAGE_LABEL = "images/label"
+QUALITY_CLASSIFIER = "quality/classifier"
 
 
 def split_key(name: str) -> str:
