@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from strata.errors import StoreError
+
+if TYPE_CHECKING:
+    from strata.storage.store import DatasetStore
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +33,30 @@ def _human(nbytes: float) -> str:
     return f"{nbytes} B"
 
 
+def _describe_images(store: "DatasetStore") -> None:
+    from strata.storage import fs, layout
+
+    info = store.meta.arrays[layout.IMAGES]
+    n, c, h, w = info["shape"]
+    print(f"images   {n:,} of {c} x {h} x {w} (C x H x W), float32 in [-1, 1]")
+    if store.has(layout.IMAGE_LABEL):
+        counts = np.bincount(store.read(layout.IMAGE_LABEL), minlength=store.meta.num_classes)
+        print(f"classes  {store.meta.num_classes}   images per class: min {counts.min():,} / max {counts.max():,}")
+    else:
+        print("classes  none (unlabelled)")
+    extra = store.meta.extra
+    if "input_dtype" in extra:
+        lo, hi = extra.get("input_range", [0, 0])
+        print(f"input    {extra['input_dtype']} {extra.get('input_layout', '?')} in [{lo:g}, {hi:g}]")
+    cache = fs.join(store.url, layout.QUALITY_CLASSIFIER, "info.json")
+    if fs.exists(cache):
+        try:
+            accuracy = json.loads(fs.read_text(cache))["heldout_accuracy"]
+            print(f"quality  reference classifier cached, held-out accuracy {accuracy:.3f}")
+        except (ValueError, KeyError, TypeError):
+            print(f"quality  reference classifier cache at {cache} is unreadable")
+
+
 def run(args: argparse.Namespace) -> int:
     from strata.storage import layout
     from strata.storage.store import DatasetStore
@@ -36,9 +65,12 @@ def run(args: argparse.Namespace) -> int:
     meta = store.meta
     print(f"store    {store.url}")
     print(f"name     {meta.name}   (schema v{meta.schema_version}, source {meta.source or '-'})")
-    print(f"nodes    {meta.num_nodes:,}")
-    print(f"edges    {meta.num_edges:,}")
-    print(f"features {meta.feat_dim}   classes {meta.num_classes}")
+    if store.has(layout.IMAGES):
+        _describe_images(store)
+    else:
+        print(f"nodes    {meta.num_nodes:,}")
+        print(f"edges    {meta.num_edges:,}")
+        print(f"features {meta.feat_dim}   classes {meta.num_classes}")
     for split in layout.SPLITS:
         key = layout.split_key(split)
         if store.has(key):
