@@ -16,6 +16,7 @@ seeded CPU generator gives the same samples on any device up to arithmetic.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -57,7 +58,7 @@ def _sampling_mode(model: Denoiser) -> Iterator[None]:
 
 def _device(model: Denoiser) -> torch.device:
     if isinstance(model, nn.Module):
-        for tensor in (*model.parameters(), *model.buffers()):
+        for tensor in itertools.chain(model.parameters(), model.buffers()):
             return tensor.device
     return torch.device(getattr(model, "device", "cpu"))
 
