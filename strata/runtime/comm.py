@@ -5,6 +5,14 @@ Bytes are the payload this rank sends: the whole tensor for all_reduce, all_gath
 broadcast (at the source) and send; only the rows meant for other ranks for all_to_all;
 nothing for recv and barrier. With one process every op is the identity and nothing is
 counted.
+
+:meth:`Comm.subgroups` splits the ranks into process groups (a pipeline stage's
+graph-parallel ranks, a diffusion expert's data-parallel ranks): every rank calls it with the
+same list of groups, so every rank creates every ``torch.distributed`` group in the same
+order, as torch requires, and gets back the :class:`Comm` of its own group. A group's Comm
+counts into the same totals and the same sink as its parent, so a job's bytes by op are
+complete whichever groups carried them. Ranks given to a group's Comm are ranks within that
+group; point-to-point ops translate them to global ranks.
 """
 
 from __future__ import annotations
@@ -31,17 +39,43 @@ class OpTotals:
 
 
 class Comm:
-    """The collectives of one rank on the default process group."""
+    """The collectives of one rank on the default process group, or on one subgroup of it."""
 
     def __init__(self, rank: int, world_size: int, *, sink: CommSink | None = None, device: str = "cpu") -> None:
         if world_size > 1 and not dist.is_initialized():
             raise RuntimeError(f"Comm for {world_size} ranks needs a process group; form one with runtime.distributed.process_group")
         self.rank = rank
+        """This rank's index in the group (the global rank on the default group)."""
         self.world_size = world_size
+        """Ranks in the group."""
         self.sink = sink
         self.device = torch.device(device)
         """Where the small tensors of :meth:`sum_floats` live (NCCL reduces device tensors only)."""
         self.totals: dict[str, OpTotals] = {}
+        self.ranks: tuple[int, ...] = tuple(range(world_size))
+        """Global rank of each group rank."""
+        self.group: object | None = None
+        """The ``torch.distributed`` group; None for the default group or a group of one."""
+
+    def subgroups(self, groups: Sequence[Sequence[int]]) -> Comm:
+        """Split this Comm's ranks into ``groups`` (lists of ranks of this Comm that together
+        hold every rank exactly once) and return the Comm of the group holding this rank.
+
+        Every rank must call this with the same ``groups`` at the same point of the program:
+        each rank creates every group of more than one rank, in list order (torch's rule for
+        ``new_group``). The returned Comm shares this one's totals and sink."""
+        groups = [tuple(int(r) for r in g) for g in groups]
+        if sorted(r for g in groups for r in g) != list(range(self.world_size)) or not all(groups):
+            raise ValueError(f"subgroups must hold ranks 0..{self.world_size - 1} each exactly once, in non-empty groups; got {groups}")
+        mine = self
+        for members in groups:
+            handle = dist.new_group([self.ranks[r] for r in members]) if len(members) > 1 else None
+            if self.rank in members:
+                mine = Comm.__new__(Comm)
+                mine.rank, mine.world_size = members.index(self.rank), len(members)
+                mine.sink, mine.device, mine.totals = self.sink, self.device, self.totals
+                mine.ranks, mine.group = tuple(self.ranks[r] for r in members), handle
+        return mine
 
     def _done(self, op: str, nbytes: int, started: float, tensors: Sequence[Tensor]) -> None:
         if any(t.is_cuda for t in tensors):
@@ -68,7 +102,7 @@ class Comm:
         if self.world_size == 1:
             return tensor
         started = time.perf_counter()
-        dist.all_reduce(tensor, op=_REDUCE_OPS[op])
+        dist.all_reduce(tensor, op=_REDUCE_OPS[op], group=self.group)
         self._done("all_reduce", _nbytes(tensor), started, [tensor])
         return tensor
 
@@ -78,7 +112,7 @@ class Comm:
             return [tensor]
         out = [torch.empty_like(tensor) for _ in range(self.world_size)]
         started = time.perf_counter()
-        dist.all_gather(out, tensor.contiguous())
+        dist.all_gather(out, tensor.contiguous(), group=self.group)
         self._done("all_gather", _nbytes(tensor), started, [tensor])
         return out
 
@@ -87,7 +121,7 @@ class Comm:
         if self.world_size == 1:
             return tensor
         started = time.perf_counter()
-        dist.broadcast(tensor, src=src)
+        dist.broadcast(tensor, src=self.ranks[src], group=self.group)
         self._done("broadcast", _nbytes(tensor) if self.rank == src else 0, started, [tensor])
         return tensor
 
@@ -102,7 +136,7 @@ class Comm:
         if self.world_size == 1:
             return out.copy_(tensor)
         started = time.perf_counter()
-        dist.all_to_all_single(out, tensor.contiguous(), list(recv_counts), list(send_counts))
+        dist.all_to_all_single(out, tensor.contiguous(), list(recv_counts), list(send_counts), group=self.group)
         row_bytes = _nbytes(tensor[:1]) if tensor.shape[0] else 0
         sent = (sum(send_counts) - send_counts[self.rank]) * row_bytes
         self._done("all_to_all", sent, started, [tensor])
@@ -116,7 +150,7 @@ class Comm:
             outputs[0].copy_(inputs[0])
             return outputs
         started = time.perf_counter()
-        dist.all_to_all(outputs, [t.contiguous() for t in inputs])
+        dist.all_to_all(outputs, [t.contiguous() for t in inputs], group=self.group)
         sent = sum(_nbytes(t) for j, t in enumerate(inputs) if j != self.rank)
         self._done("all_to_all", sent, started, inputs)
         return outputs
@@ -125,14 +159,14 @@ class Comm:
         if self.world_size == 1:
             return
         started = time.perf_counter()
-        dist.barrier()
+        dist.barrier(group=self.group)
         self._done("barrier", 0, started, [])
 
     # -- point to point --------------------------------------------------------------------
 
     def send(self, tensor: Tensor, dst: int) -> None:
         started = time.perf_counter()
-        dist.send(tensor.contiguous(), dst=dst)
+        dist.send(tensor.contiguous(), dst=self.ranks[dst])
         self._done("send", _nbytes(tensor), started, [tensor])
 
     def isend(self, tensor: Tensor, dst: int) -> dist.Work:
@@ -140,13 +174,13 @@ class Comm:
         if not tensor.is_contiguous():
             raise ValueError("isend needs a contiguous tensor: a temporary copy could be freed before the send ends")
         started = time.perf_counter()
-        work = dist.isend(tensor, dst=dst)
+        work = dist.isend(tensor, dst=self.ranks[dst])
         self._done("send", _nbytes(tensor), started, [])
         return work
 
     def recv(self, tensor: Tensor, src: int) -> Tensor:
         started = time.perf_counter()
-        dist.recv(tensor, src=src)
+        dist.recv(tensor, src=self.ranks[src])
         self._done("recv", 0, started, [tensor])
         return tensor
 
