@@ -37,17 +37,24 @@ def global_csc(graph: object) -> tuple[np.ndarray, np.ndarray]:
     return indptr.numpy(), indices.numpy()
 
 
+def csc_block(
+    indptr: np.ndarray, indices: np.ndarray, src: np.ndarray, dst: np.ndarray, in_deg: np.ndarray, out_deg: np.ndarray
+) -> object:
+    """A block over the local CSC ``(indptr, indices)`` whose src and dst nodes have the global
+    ids ``src`` and ``dst`` (dst nodes first among the src nodes), carrying global degrees."""
+    block = dgl.create_block(
+        ("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), torch.arange(len(indices)))),
+        num_src_nodes=len(src),
+        num_dst_nodes=len(dst),
+    )
+    block.srcdata["out_deg"] = torch.from_numpy(out_deg[src])
+    block.dstdata["in_deg"] = torch.from_numpy(in_deg[dst])
+    return block
+
+
 def local_block(part: LocalPartition, in_deg: np.ndarray, out_deg: np.ndarray) -> object:
     """The block of ``part``: src = owned then halo nodes, dst = owned nodes, global degrees."""
-    block = dgl.create_block(
-        ("csc", (torch.from_numpy(part.indptr), torch.from_numpy(part.indices), torch.arange(len(part.indices)))),
-        num_src_nodes=part.num_owned + part.num_halo,
-        num_dst_nodes=part.num_owned,
-    )
-    local_ids = np.concatenate([part.owned, part.halo])
-    block.srcdata["out_deg"] = torch.from_numpy(out_deg[local_ids])
-    block.dstdata["in_deg"] = torch.from_numpy(in_deg[part.owned])
-    return block
+    return csc_block(part.indptr, part.indices, np.concatenate([part.owned, part.halo]), part.owned, in_deg, out_deg)
 
 
 class GraphParallelExecutor:
