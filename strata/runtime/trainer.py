@@ -43,6 +43,7 @@ from strata.partitioners.stages import assign_stages
 from strata.partitioners.config import METHODS as PARTITION_METHODS
 from strata.runtime.executors.graph_parallel import GraphParallelExecutor, global_csc
 from strata.runtime.executors.layer_pipeline import LayerPipelineExecutor, PipelineConfig
+from strata.runtime.executors.pipeline_layout import PipelineLayout, chunks_within_parts
 from strata.runtime.executors.minibatch import DataParallelExecutor, evaluate_full_graph, rank_data
 from strata.runtime.executors.partition import LocalPartition, from_stored_part, local_partition
 from strata.runtime.metrics import MetricsConfig, TrainingMetrics
@@ -213,20 +214,33 @@ def graph_partition(cfg: TrainConfig, data: NodeData, data_cfg: DataConfig, comm
 def pipeline_executor(
     cfg: TrainConfig, pipeline: PipelineConfig, model: LayeredModel, data: NodeData, comm: Comm, topology: Topology
 ) -> LayerPipelineExecutor:
-    """One stage per process: layers split by the cost model, the graph cut into chunks by
-    ``pipeline.chunk_method`` (rank 0 assigns, every rank gets its answer)."""
+    """``pipeline.stages`` stages (0 = one per process) of layers split by the cost model; with
+    fewer stages than processes, each stage graph-parallel over G = processes / stages ranks on
+    a G-part cut by ``pipeline.part_method``. Chunks are cut inside each part by
+    ``pipeline.chunk_method``. Rank 0 cuts, every rank gets its answer."""
+    layout = PipelineLayout.of(pipeline.stages, comm.world_size)
     indptr, indices = global_csc(data.graph)
     num_nodes = len(indptr) - 1
-    stages = assign_stages(model, comm.world_size, data.feat.shape[1], num_nodes, len(indices))
-    if pipeline.chunks > num_nodes:
-        raise ConfigError(f"pipeline.chunks is {pipeline.chunks} but the graph has only {num_nodes} nodes")
+    if pipeline.chunks > num_nodes // layout.groups:
+        raise ConfigError(
+            f"pipeline.chunks is {pipeline.chunks} but each of the {layout.groups} parts has about "
+            f"{num_nodes // layout.groups} nodes; use fewer chunks"
+        )
+    stages = assign_stages(model, layout.stages, data.feat.shape[1], num_nodes, len(indices))
+    cuts = torch.empty(2, num_nodes, dtype=torch.int64)
     if comm.rank == 0:
-        chunks = assign((indptr, indices), pipeline.chunks, cfg.seed, method=pipeline.chunk_method)
-        chunk_of = torch.from_numpy(chunks.astype(np.int64))
-    else:
-        chunk_of = torch.empty(num_nodes, dtype=torch.int64)
-    chunk_of = comm.broadcast(chunk_of, 0).numpy()
-    return LayerPipelineExecutor(model, data, comm, stages=stages, chunk_of=chunk_of, cfg=pipeline, device=topology.device)
+        graph = (indptr, indices)
+        part_of = np.zeros(num_nodes, dtype=np.int64)
+        if layout.groups > 1:
+            part_of = assign(graph, layout.groups, cfg.seed, method=pipeline.part_method).astype(np.int64)
+        chunk_of = chunks_within_parts(
+            indptr, indices, part_of, pipeline.chunks, lambda sub, k: assign(sub, k, cfg.seed, method=pipeline.chunk_method)
+        )
+        cuts = torch.from_numpy(np.stack([part_of, chunk_of]))
+    part_of, chunk_of = comm.broadcast(cuts, 0).numpy()
+    return LayerPipelineExecutor(
+        model, data, comm, stages=stages, chunk_of=chunk_of, part_of=part_of, cfg=pipeline, device=topology.device
+    )
 
 
 def build_executor(

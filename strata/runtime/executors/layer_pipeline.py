@@ -1,14 +1,15 @@
-"""Layer-pipeline training (GNNPipe): each rank is a stage that owns consecutive layers over
-the whole graph, and the graph flows through the stages in chunks.
+"""Layer-pipeline training (GNNPipe): each stage owns consecutive layers over the whole graph,
+and the graph flows through the stages in chunks; in hybrid mode each stage runs its layers
+graph-parallel over G ranks.
 
 Graph parallelism exchanges boundary embeddings at every layer, so its traffic grows with
 depth; here a node's embedding crosses a stage boundary once per pass in each direction,
-``2 x (stages - 1) x nodes x width x bytes`` per pass, whatever the depth.
+whatever the depth.
 
 A stage can only aggregate a node once its neighbours' inputs exist. Each stage therefore
-keeps, for every graph layer it runs, a table of the last input embedding of every node
-(historical embeddings). A chunk aggregates its own fresh rows plus the table rows of its
-in-neighbours outside the chunk: fresh for chunks already computed in this pass, one pass
+keeps, for every graph layer it runs, a table of the last input embedding of every node it
+reads (historical embeddings). A chunk aggregates its own fresh rows plus the table rows of
+its in-neighbours outside the chunk: fresh for chunks already computed in this pass, one pass
 old for the rest. Only a chunk's own rows carry gradient, so chunks run forward and backward
 independently and a schedule (GPipe or 1F1B, :mod:`pipeline_schedule`) can overlap them.
 
@@ -17,8 +18,29 @@ and gradients of single-process full-graph training. It runs on the first epoch 
 the tables), every ``sync_every`` epochs (the staleness bound), and always when history is
 off.
 
+Hybrid (``pipeline.stages`` < processes): ``world = stages x G``; rank (s, g) runs stage s's
+layers on part g of a G-part cut of the graph, and the chunks are cut inside each part
+(:mod:`pipeline_layout`). Before each graph layer the stage's G ranks exchange, with one
+all_to_all, the rows of the current chunk that the other parts hold as halo; halo rows of
+other chunks come from the tables. Stage gradients are summed over the G ranks. Rank (s, g)
+sends its rows to rank (s + 1, g) only, so every node still crosses a boundary once.
+
 Messages between stages carry ``h`` (and GCNII's initial residual ``h0`` when the model
 has one) for the chunk's rows, packed as one tensor.
+
+Traffic of one training pass, all ranks together, ``b`` bytes per element (4 for float32);
+N nodes, boundary width ``w_k`` (h plus h0) at the boundary after stage k, graph layers l
+with input width ``d_l``, ``H_G`` the sum of the halo sizes of the G-part cut::
+
+    send        2 x sum over the S - 1 boundaries of N x w_k x b
+    all_to_all  sum over graph layers of H_G x d_l x b, twice (forward and backward) for
+                every layer whose input carries gradient (all but one reading raw features)
+    all_reduce  (G > 1) each rank: its stage's parameters x b, plus the loss (8 bytes)
+
+The same holds for synchronous and chunked passes: over a pass the chunks' rows partition
+every part and every halo. For GCNII (``w = 2 x hidden``, ``d = hidden``, L graph layers):
+``2 (S-1) N 2h b + 2 L H_G h b``; with G = 1 this is the pipeline's ``2 (S-1) N 2h b``, with
+S = 1 graph_parallel's ``2 L H h b``. Evaluation is forward only: half of each term.
 """
 
 from __future__ import annotations
@@ -34,11 +56,13 @@ from torch import Tensor, nn
 
 from strata.errors import ConfigError
 from strata.models import LayeredModel
+from strata.partitioners.config import METHODS as PARTITION_METHODS
 from strata.runtime.comm import Comm
 from strata.runtime.data import NodeData
-from strata.runtime.executors.base import StepResult, broadcast_parameters
-from strata.runtime.executors.graph_parallel import global_csc, local_block
-from strata.runtime.executors.partition import LocalPartition, local_partition
+from strata.runtime.executors.base import StepResult, all_reduce_gradients, broadcast_parameters
+from strata.runtime.executors.graph_parallel import csc_block, global_csc
+from strata.runtime.executors.halo import fetch_halo
+from strata.runtime.executors.pipeline_layout import PipelineLayout, UnitPlan, plan_units
 from strata.runtime.executors.pipeline_schedule import (
     SCHEDULES,
     Backward,
@@ -54,8 +78,11 @@ from strata.runtime.executors.pipeline_schedule import (
 class PipelineConfig:
     """How the layer pipeline cuts the model and the graph."""
 
+    stages: int = 0
+    """Pipeline stages; 0 = one per process. Fewer stages than processes runs each stage
+    graph-parallel over processes / stages ranks (hybrid); the processes must divide evenly."""
     chunks: int = 4
-    """Graph chunks per pass."""
+    """Graph chunks per pass (per part, in hybrid mode)."""
     schedule: str = "1f1b"
     """'gpipe' (fill-drain) or '1f1b' (fewer chunks in flight per stage)."""
     history: bool = True
@@ -63,32 +90,46 @@ class PipelineConfig:
     sync_every: int = 10
     """Run a full synchronous (exact) pass every this many epochs; bounds staleness. 0 = only the first."""
     chunk_method: str = "metis"
-    """Partitioner that cuts the graph into locality-preserving chunks."""
+    """Partitioner that cuts the graph (each part, in hybrid mode) into locality-preserving chunks."""
+    part_method: str = "metis"
+    """Hybrid: partitioner that cuts the graph into the parts of a stage's graph-parallel ranks."""
 
     def __post_init__(self) -> None:
+        if self.stages < 0:
+            raise ConfigError(f"pipeline.stages must be >= 0 (0 = one stage per process), got {self.stages}")
         if self.chunks < 1:
             raise ConfigError(f"pipeline.chunks must be at least 1, got {self.chunks}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"pipeline.schedule must be one of {', '.join(sorted(SCHEDULES))}, got '{self.schedule}'")
         if self.sync_every < 0:
             raise ConfigError(f"pipeline.sync_every must be >= 0, got {self.sync_every}")
+        for key in ("chunk_method", "part_method"):
+            if getattr(self, key) not in PARTITION_METHODS:
+                raise ConfigError(f"pipeline.{key} must be one of {', '.join(PARTITION_METHODS)}, got '{getattr(self, key)}'")
 
 
 @dataclass
 class _Unit:
-    """A set of destination nodes computed together: a chunk, or the whole graph."""
+    """A set of destination nodes computed together (a chunk, or the whole part), on the device."""
 
-    part: LocalPartition
+    plan: UnitPlan
     block: object
     train: Tensor
-    """Positions (among ``part.owned``) of the training nodes."""
-    owned_ids: Tensor
-    """``part.owned`` on the device, made once rather than at every pass."""
-    halo_ids: Tensor
+    """Positions (among ``dst``) of the training nodes."""
+    dst_ids: Tensor
+    """Global ids of the nodes computed, made once rather than at every pass."""
+    dst_rows: Tensor
+    recv_rows: Tensor
+    stale_rows: Tensor
+    send_pos: Tensor
 
     @property
     def owned(self) -> np.ndarray:
-        return self.part.owned
+        return self.plan.dst
+
+    @property
+    def rows(self) -> int:
+        return len(self.plan.dst)
 
 
 @dataclass
@@ -126,7 +167,7 @@ def _widths(layers: list[nn.Module], in_dim: int) -> list[tuple[int, int]]:
 
 
 class LayerPipelineExecutor:
-    """One pipeline stage per rank over ``comm.world_size`` stages."""
+    """Stage ``rank // G`` on part ``rank % G``, over ``len(stages)`` stages x G ranks."""
 
     name = "layer_pipeline"
 
@@ -139,17 +180,25 @@ class LayerPipelineExecutor:
         stages: list[range],
         chunk_of: np.ndarray,
         cfg: PipelineConfig,
+        part_of: np.ndarray | None = None,
         device: str = "cpu",
     ) -> None:
         num_nodes = data.feat.shape[0]
-        if len(stages) != comm.world_size:
-            raise ConfigError(f"layer_pipeline: {len(stages)} stages for {comm.world_size} ranks; one stage per rank")
-        if chunk_of.shape != (num_nodes,):
-            raise ConfigError(f"layer_pipeline needs one chunk id per node ({num_nodes}), got {chunk_of.shape}")
+        layout = PipelineLayout.of(len(stages), comm.world_size)
+        part_of = np.zeros(num_nodes, dtype=np.int64) if part_of is None else np.asarray(part_of, dtype=np.int64)
+        if chunk_of.shape != (num_nodes,) or part_of.shape != (num_nodes,):
+            raise ConfigError(f"layer_pipeline needs one chunk id and one part id per node ({num_nodes}), got {chunk_of.shape} and {part_of.shape}")
+        if num_nodes and (part_of.min() < 0 or part_of.max() >= layout.groups):
+            raise ConfigError(f"layer_pipeline: {len(stages)} stages over {comm.world_size} ranks need part ids 0..{layout.groups - 1}")
         self.cfg = cfg
         self.comm = comm
-        self.stage = comm.rank
-        self.num_stages = comm.world_size
+        self.layout = layout
+        self.stage, self.part = layout.stage_of(comm.rank), layout.part_of(comm.rank)
+        self.num_stages = layout.stages
+        # Every rank creates every stage group, in stage order.
+        self.group = comm.subgroups(layout.stage_ranks())
+        self.prev_rank = layout.rank_of(self.stage - 1, self.part) if self.stage > 0 else -1
+        self.next_rank = layout.rank_of(self.stage + 1, self.part) if self.stage < self.num_stages - 1 else -1
         self.model = model.to(device)
         self.device = device
         span = stages[self.stage]
@@ -162,25 +211,34 @@ class LayerPipelineExecutor:
         train_mask = np.zeros(num_nodes, dtype=bool)
         train_mask[data.splits["train"].numpy()] = True
         self.num_train = int(train_mask.sum())
+        tables, whole, chunks = plan_units(indptr, indices, part_of, chunk_of.astype(np.int64), self.part, layout.groups)
+        self.halo_rows = tables.num_halo
+        """Halo nodes of this rank's part in the G-part cut (0 with G = 1)."""
 
-        def unit(assignment: np.ndarray, index: int, parts: int) -> _Unit:
-            part = local_partition(indptr, indices, assignment, index, num_parts=parts)
-            block = local_block(part, in_deg, out_deg).to(device)
-            train = torch.from_numpy(np.flatnonzero(train_mask[part.owned])).to(device)
-            owned, halo = torch.from_numpy(part.owned).to(device), torch.from_numpy(part.halo).to(device)
-            return _Unit(part, block, train, owned, halo)
+        def unit(plan: UnitPlan) -> _Unit:
+            def dev(a: np.ndarray) -> Tensor:
+                return torch.from_numpy(a).to(device)
 
-        self.whole = unit(np.zeros(num_nodes, dtype=np.int64), 0, 1)
-        num_chunks = int(chunk_of.max()) + 1 if num_nodes else 1
-        self.chunks = [unit(chunk_of.astype(np.int64), c, num_chunks) for c in range(num_chunks)]
+            block = csc_block(plan.indptr, plan.indices, plan.src, plan.dst, in_deg, out_deg).to(device)
+            train = dev(np.flatnonzero(train_mask[plan.dst]))
+            return _Unit(plan, block, train, dev(plan.dst), dev(plan.dst_rows), dev(plan.recv_rows), dev(plan.stale_rows), dev(plan.send_pos))
+
+        self.whole = unit(whole)
+        self.chunks = [unit(plan) for plan in chunks]
         self.label = data.label.to(device)
         self.feat = data.feat.to(device) if self.stage == 0 else None
-        self.splits = {name: ids.to(device) for name, ids in data.splits.items()}
-        # History tables: the last input of every node, per graph layer of this stage.
+        # Split members this rank computes, as positions among the whole part's rows.
+        position = torch.full((num_nodes,), -1, dtype=torch.int64)
+        position[torch.from_numpy(whole.dst)] = torch.arange(len(whole.dst))
+        self.split_sizes = {name: len(ids) for name, ids in data.splits.items()}
+        self.splits = {name: position[ids][position[ids] >= 0].to(device) for name, ids in data.splits.items()}
+        # History tables: the last input of every node this rank reads (its part, then its
+        # halo), per graph layer of this stage. Not needed when every pass is synchronous.
         self.tables: dict[int, Tensor] = {}
-        for i, layer in enumerate(self.layers):
-            if layer.uses_graph:
-                self.tables[i] = torch.zeros(num_nodes, widths[span.start + i][0], device=device)
+        if cfg.history:
+            for i, layer in enumerate(self.layers):
+                if layer.uses_graph:
+                    self.tables[i] = torch.zeros(tables.num_owned + tables.num_halo, widths[span.start + i][0], device=device)
         self.stats = PipelineStats()
         self._last_sync = -1
         broadcast_parameters(self.model, comm)
@@ -188,15 +246,24 @@ class LayerPipelineExecutor:
     # -- one stage's compute -------------------------------------------------------------
 
     def _stage_forward(self, unit: _Unit, h: Tensor, h0: Tensor | None, *, record: bool) -> tuple[Tensor, Tensor | None]:
-        owned, halo = unit.owned_ids, unit.halo_ids
         for i, layer in enumerate(self.layers):
             if not layer.uses_graph:
                 h, h0 = layer(None, h, h0)
                 continue
-            table = self.tables[i]
-            if record:
-                table[owned] = h.detach()
-            h_local = torch.cat([h, table[halo]]) if len(halo) else h  # (owned + halo, width)
+            table = self.tables.get(i)
+            if record and table is not None:
+                table[unit.dst_rows] = h.detach()
+            sources = [h]  # (dst, width)
+            if self.group.world_size > 1:
+                fresh = fetch_halo(h, unit.send_pos, unit.plan.send_counts, unit.plan.recv_counts, self.group)  # (recv, width)
+                if record and table is not None:
+                    table[unit.recv_rows] = fresh.detach()
+                sources.append(fresh)
+            if len(unit.stale_rows):
+                if table is None:
+                    raise RuntimeError("a chunked pass reads historical embeddings, but pipeline.history is off")
+                sources.append(table[unit.stale_rows])
+            h_local = torch.cat(sources) if len(sources) > 1 else h  # (dst + recv + stale, width)
             h, h0 = layer(unit.block, h_local, h0)
         return h, h0
 
@@ -211,21 +278,25 @@ class LayerPipelineExecutor:
 
     def _input(self, unit: _Unit, received: Tensor | None) -> tuple[Tensor, Tensor | None]:
         if self.stage == 0:
-            return self.feat[unit.owned_ids], None
+            return self.feat[unit.dst_ids], None
         return self._unpack(received, self.in_width)
 
     def _loss(self, unit: _Unit, logits: Tensor) -> Tensor:
-        owned = unit.owned_ids
         if len(unit.train) == 0:
             return logits.sum() * 0.0  # keeps the chunk's graph connected: its backward sends zeros
-        labels = self.label[owned[unit.train]]
+        labels = self.label[unit.dst_ids[unit.train]]
         return F.cross_entropy(logits[unit.train], labels, reduction="sum") / self.num_train
+
+    def _recv(self, rows: int, widths: tuple[int, int], src: int) -> Tensor:
+        message = torch.empty(rows, sum(widths), device=self.device)
+        return self.comm.recv(message, src) if rows else message  # both sides skip empty units
 
     # -- the interpreter -----------------------------------------------------------------
 
     def run_pass(self, units: list[_Unit]) -> float:
         """Forward and backward of every unit under the configured schedule; returns the loss
-        on the last stage (0.0 elsewhere). Parameter gradients accumulate in ``.grad``."""
+        on the last stage (0.0 elsewhere). Parameter gradients accumulate in ``.grad``, this
+        rank's share only: :meth:`reduce_gradients` sums them over the stage's ranks."""
         program = SCHEDULES[self.cfg.schedule](self.stage, self.num_stages, len(units))
         received: dict[int, Tensor] = {}
         outputs: dict[int, Tensor] = {}
@@ -233,13 +304,13 @@ class LayerPipelineExecutor:
         pending: list[tuple[object, Tensor]] = []
         loss_total = 0.0
         busy = 0.0
+        sent = 0
         started = time.perf_counter()
         for op in program:
             unit = units[op.chunk]
-            rows = len(unit.owned)
+            rows = unit.rows
             if isinstance(op, RecvActivation):
-                message = torch.empty(rows, sum(self.in_width), device=self.device)
-                received[op.chunk] = self.comm.recv(message, self.stage - 1).requires_grad_()
+                received[op.chunk] = self._recv(rows, self.in_width, self.prev_rank).requires_grad_()
             elif isinstance(op, Forward):
                 t0 = time.perf_counter()
                 h, h0 = self._input(unit, received.get(op.chunk))
@@ -252,9 +323,11 @@ class LayerPipelineExecutor:
                 busy += time.perf_counter() - t0
             elif isinstance(op, SendActivation):
                 message = outputs[op.chunk].detach().contiguous()
-                pending.append((self.comm.isend(message, self.stage + 1), message))
+                if rows:
+                    pending.append((self.comm.isend(message, self.next_rank), message))
+                    sent += message.numel() * message.element_size()
             elif isinstance(op, RecvGrad):
-                grads[op.chunk] = self.comm.recv(torch.empty(rows, sum(self.out_width), device=self.device), self.stage + 1)
+                grads[op.chunk] = self._recv(rows, self.out_width, self.next_rank)
             elif isinstance(op, Backward):
                 t0 = time.perf_counter()
                 out = outputs.pop(op.chunk)
@@ -266,14 +339,24 @@ class LayerPipelineExecutor:
             elif isinstance(op, SendGrad):
                 grad = received.pop(op.chunk).grad
                 message = torch.zeros(rows, sum(self.in_width), device=self.device) if grad is None else grad.contiguous()
-                pending.append((self.comm.isend(message, self.stage - 1), message))
+                if rows:
+                    pending.append((self.comm.isend(message, self.prev_rank), message))
+                    sent += message.numel() * message.element_size()
             else:  # pragma: no cover - the schedule module defines no other instructions
                 raise TypeError(f"unknown pipeline instruction {op!r}")
         for work, _ in pending:
             work.wait()
         self.stats.busy_seconds = busy
         self.stats.pass_seconds = time.perf_counter() - started
+        self.stats.sent_bytes = sent
         return loss_total
+
+    def stage_parameters(self) -> list[nn.Parameter]:
+        return [p for layer in self.layers for p in layer.parameters()]
+
+    def reduce_gradients(self) -> None:
+        """Sum this stage's parameter gradients over its graph-parallel ranks (no-op with G = 1)."""
+        all_reduce_gradients(self.stage_parameters(), self.group, average=False)
 
     # -- the Executor protocol -----------------------------------------------------------
 
@@ -295,44 +378,49 @@ class LayerPipelineExecutor:
         self.model.train()
         optimizer.zero_grad(set_to_none=True)
         loss = self.run_pass([self.whole] if synchronous else self.chunks)
+        self.reduce_gradients()
         optimizer.step()
         if synchronous:
             self._last_sync = epoch
         self.stats.synchronous = synchronous
         self.stats.epochs_since_sync = epoch - self._last_sync
         (total,) = self.comm.sum_floats([loss])
-        return StepResult(loss=total, samples=self.num_train if self.stage == self.num_stages - 1 else 0)
+        last = self.stage == self.num_stages - 1
+        return StepResult(loss=total, samples=len(self.whole.train) if last else 0)
 
     @torch.no_grad()
     def logits(self) -> Tensor | None:
-        """Full-graph forward through all stages, without touching history; logits on the last stage."""
+        """Forward of this rank's whole part through all stages, without touching history;
+        logits of the part's nodes on the last stage.  (num_part_nodes, num_classes)"""
         self.model.eval()
-        rows = len(self.whole.owned)
         if self.stage == 0:
             h, h0 = self._input(self.whole, None)
         else:
-            h, h0 = self._unpack(self.comm.recv(torch.empty(rows, sum(self.in_width), device=self.device), self.stage - 1), self.in_width)
+            h, h0 = self._unpack(self._recv(self.whole.rows, self.in_width, self.prev_rank), self.in_width)
         h, h0 = self._stage_forward(self.whole, h, h0, record=False)
         if self.stage < self.num_stages - 1:
-            self.comm.send(self._pack(h, h0), self.stage + 1)
+            if self.whole.rows:
+                self.comm.send(self._pack(h, h0), self.next_rank)
             return None
         return h
 
     def evaluate(self) -> dict[str, float]:
         logits = self.logits()
-        names = [name for name, ids in self.splits.items() if len(ids)]
+        whole_ids = self.whole.dst_ids
+        names = [name for name, size in self.split_sizes.items() if size]
         sums = []
         for name in names:
-            ids = self.splits[name]
             if logits is None:
                 sums += [0.0, 0.0]
-            else:
-                sums.append(float(F.cross_entropy(logits[ids], self.label[ids], reduction="sum")))
-                sums.append(float((logits[ids].argmax(1) == self.label[ids]).sum()))
+                continue
+            pos = self.splits[name]
+            labels = self.label[whole_ids[pos]]
+            sums.append(float(F.cross_entropy(logits[pos], labels, reduction="sum")) if len(pos) else 0.0)
+            sums.append(float((logits[pos].argmax(1) == labels).sum()))
         totals = self.comm.sum_floats(sums)
         out = {}
         for i, name in enumerate(names):
-            size = len(self.splits[name])
+            size = self.split_sizes[name]
             out[f"{name}_loss"] = totals[2 * i] / size
             out[f"{name}_acc"] = totals[2 * i + 1] / size
         return out
