@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
 
     job = load_job(args.config, args.overrides)
     topology = topology_from_env(os.environ, cuda_devices=torch.cuda.device_count(), backend=job.distributed.backend)
+    if job.task == "diffusion":
+        return _run_diffusion(job, topology, args)
     with process_group(topology, timeout_seconds=job.distributed.timeout_seconds):
         result = train_node_classifier(
             job.data, job.model, job.train, job.checkpoint, job.metrics,
@@ -58,4 +60,29 @@ def run(args: argparse.Namespace) -> int:
             f"{result.samples_per_second:,.0f} samples/s"
         )
         print(f"checkpoints: {result.checkpoint_dir}\nmetrics log: {result.metrics_log}")
+    return 0
+
+
+def _run_diffusion(job, topology, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from strata.launch.cli import show_progress
+    from strata.runtime.diffusion_trainer import train_diffusion
+    from strata.runtime.distributed import process_group
+
+    with process_group(topology, timeout_seconds=job.distributed.timeout_seconds):
+        result = train_diffusion(
+            job.data, job.diffusion_model, job.noise, job.diffusion, job.checkpoint, job.metrics,
+            run_dir=job.run_dir, resume=args.resume, progress=show_progress(args), topology=topology,
+        )
+    if not topology.is_main:
+        return 0
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        print(
+            f"done: {result.steps} steps; final loss {result.final_loss:.4f}; {result.images_per_second:,.0f} images/s "
+            f"({result.executor}, {result.world_size} processes)"
+        )
+        print(f"samples: {result.samples}\ncheckpoints: {result.checkpoint_dir}\nmetrics log: {result.metrics_log}")
     return 0

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from strata.errors import ConfigError
 from strata.launch.config_io import apply_overrides, from_dict, load_yaml
 from strata.models import ModelConfig
+from strata.models.diffusion.config import DiffusionModelConfig, NoiseConfig
 from strata.runtime.data import DataConfig
+from strata.runtime.diffusion_trainer import DiffusionTrainConfig
 from strata.runtime.distributed import DistributedConfig
 from strata.runtime.executors.layer_pipeline import PipelineConfig
 from strata.runtime.metrics import MetricsConfig
@@ -15,12 +17,22 @@ from strata.runtime.trainer import CheckpointConfig, TrainConfig
 from strata.storage.featstore.config import FeaturesConfig
 
 
+TASK_SECTIONS = {
+    "node_classification": ("model", "train", "features", "pipeline"),
+    "diffusion": ("diffusion_model", "noise", "diffusion"),
+}
+"""The config sections only one kind of job reads."""
+
+
 @dataclass
 class JobConfig:
     """Everything `strata train` needs."""
 
     data: DataConfig
-    """The data set (see DataConfig)."""
+    """The data set (see DataConfig): a graph store, or an image store for diffusion."""
+    task: str = "node_classification"
+    """'node_classification' (a GNN: sections model, train, features, pipeline) or 'diffusion'
+    (sections diffusion_model, noise, diffusion)."""
     name: str = "strata"
     """Job name; also the default run directory runs/<name>."""
     run_dir: str = ""
@@ -34,8 +46,16 @@ class JobConfig:
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """train.executor=layer_pipeline: chunks, schedule and historical embeddings."""
+    diffusion_model: DiffusionModelConfig = field(default_factory=DiffusionModelConfig)
+    """task=diffusion: the denoiser (DiT or U-Net)."""
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    """task=diffusion: the noise schedule and what the model predicts."""
+    diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
+    """task=diffusion: how to train (engine, batch, EMA, sampling grids)."""
 
     def __post_init__(self) -> None:
+        if self.task not in TASK_SECTIONS:
+            raise ConfigError(f"task must be one of {', '.join(TASK_SECTIONS)}, got '{self.task}'")
         if not self.name or "/" in self.name:
             raise ConfigError(f"name must be a non-empty string without '/', got '{self.name}'")
         if not self.run_dir:
@@ -47,4 +67,12 @@ def load_job(url: str, overrides: list[str] | None = None) -> JobConfig:
     raw = apply_overrides(load_yaml(url), overrides or [])
     if "data" not in raw:
         raise ConfigError(f"config '{url}' has no 'data' section (it needs at least data.store)")
+    task = raw.get("task", "node_classification")
+    for other, sections in TASK_SECTIONS.items():
+        stray = [name for name in sections if name in raw and other != task]
+        if stray and task in TASK_SECTIONS:
+            raise ConfigError(
+                f"config '{url}' is a {task} job (task: {task}) but has section(s) {', '.join(stray)}, which only "
+                f"a {other} job reads; remove them or set task: {other}"
+            )
     return from_dict(JobConfig, raw)
