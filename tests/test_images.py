@@ -96,6 +96,13 @@ def test_npy_npz_and_separate_labels(store_root: str, tmp_path: Path) -> None:
         images, got = _stored(f"{store_root}/{name}")
         np.testing.assert_allclose(images, expected, atol=1e-6)
         assert got.tolist() == labels.tolist()
+    # Sources read through fsspec too (memory:// has no memory map).
+    fs.write_bytes(f"{store_root}/in/imgs.npy", (tmp_path / "imgs.npy").read_bytes())
+    fs.write_bytes(f"{store_root}/in/both.npz", (tmp_path / "both.npz").read_bytes())
+    ingest_images(f"{store_root}/in/imgs.npy", f"{store_root}/d", labels=f"{store_root}/in/both.npz")
+    images, got = _stored(f"{store_root}/d")
+    np.testing.assert_allclose(images, expected, atol=1e-6)
+    assert got.tolist() == labels.tolist()
     unlabelled = load_image_data(f"{store_root}/c")
     assert unlabelled.labels is None and unlabelled.num_classes == 0
     assert not DatasetStore.open(f"{store_root}/c").has(layout.IMAGE_LABEL)
