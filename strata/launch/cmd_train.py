@@ -70,6 +70,8 @@ def _run_diffusion(job, topology, args: argparse.Namespace) -> int:
     from strata.runtime.diffusion_trainer import train_diffusion
     from strata.runtime.distributed import process_group
 
+    if job.diffusion.executor == "experts":
+        return _run_experts(job, topology, args)
     with process_group(topology, timeout_seconds=job.distributed.timeout_seconds):
         result = train_diffusion(
             job.data, job.diffusion_model, job.noise, job.diffusion, job.checkpoint, job.metrics,
@@ -85,4 +87,35 @@ def _run_diffusion(job, topology, args: argparse.Namespace) -> int:
             f"({result.executor}, {result.world_size} processes)"
         )
         print(f"samples: {result.samples}\ncheckpoints: {result.checkpoint_dir}\nmetrics log: {result.metrics_log}")
+    return 0
+
+
+def _run_experts(job, topology, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from strata.launch.cli import show_progress
+    from strata.runtime.distributed import process_group
+    from strata.runtime.experts import train_experts
+
+    with process_group(topology, timeout_seconds=job.distributed.timeout_seconds):
+        result = train_experts(
+            job.data, job.diffusion_model, job.noise, job.diffusion, job.experts, job.checkpoint, job.metrics,
+            run_dir=job.run_dir, resume=args.resume, progress=show_progress(args), topology=topology,
+        )
+    if not topology.is_main:
+        return 0
+    if args.json:
+        print(json.dumps(asdict(result)))
+        return 0
+    trained = [e for e in result.experts if e.trained]
+    print(f"clusters of {result.num_experts} experts: sizes {result.cluster_sizes} ({result.clusters})")
+    for e in trained:
+        print(f"expert {e.expert}: {e.images} images, {e.steps} steps, final loss {e.final_loss:.4f}, ranks {e.ranks}")
+    if result.router is not None:
+        r = result.router
+        print(f"router: {r.steps} steps, final loss {r.final_loss:.4f}; cluster accuracy {r.accuracy_small_t:.3f} at t < 50, "
+              f"{r.accuracy_all_t:.3f} over all t")
+    between = "none" if not result.expert_comm_bytes else ", ".join(f"{op} {n:,}" for op, n in result.expert_comm_bytes.items())
+    print(f"bytes sent while experts trained (inside groups only): {between}")
+    print(f"manifest: {result.manifest}\nmetrics log: {result.metrics_log}")
     return 0

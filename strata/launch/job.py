@@ -12,6 +12,7 @@ from strata.runtime.data import DataConfig
 from strata.runtime.diffusion_trainer import DiffusionTrainConfig
 from strata.runtime.distributed import DistributedConfig
 from strata.runtime.executors.layer_pipeline import PipelineConfig
+from strata.runtime.experts import ExpertsConfig
 from strata.runtime.metrics import MetricsConfig
 from strata.runtime.trainer import CheckpointConfig, TrainConfig
 from strata.storage.featstore.config import FeaturesConfig
@@ -19,7 +20,7 @@ from strata.storage.featstore.config import FeaturesConfig
 
 TASK_SECTIONS = {
     "node_classification": ("model", "train", "features", "pipeline"),
-    "diffusion": ("diffusion_model", "noise", "diffusion"),
+    "diffusion": ("diffusion_model", "noise", "diffusion", "experts"),
 }
 """The config sections only one kind of job reads."""
 
@@ -32,7 +33,7 @@ class JobConfig:
     """The data set (see DataConfig): a graph store, or an image store for diffusion."""
     task: str = "node_classification"
     """'node_classification' (a GNN: sections model, train, features, pipeline) or 'diffusion'
-    (sections diffusion_model, noise, diffusion)."""
+    (sections diffusion_model, noise, diffusion, experts)."""
     name: str = "strata"
     """Job name; also the default run directory runs/<name>."""
     run_dir: str = ""
@@ -52,6 +53,8 @@ class JobConfig:
     """task=diffusion: the noise schedule and what the model predicts."""
     diffusion: DiffusionTrainConfig = field(default_factory=DiffusionTrainConfig)
     """task=diffusion: how to train (engine, batch, EMA, sampling grids)."""
+    experts: ExpertsConfig = field(default_factory=ExpertsConfig)
+    """task=diffusion, diffusion.executor=experts: number of experts, which this job trains, the router."""
 
     def __post_init__(self) -> None:
         if self.task not in TASK_SECTIONS:
