@@ -17,12 +17,13 @@ Typical flow:
   strata ingest planetoid DIR --name cora --out stores/cora    raw data -> dataset store
   strata info stores/cora --verify                             inspect and check a store
   strata train examples/cora_gcn.yaml                          train from a YAML config
+  strata sample runs/digits                                    samples from a diffusion run
   strata quickstart                                            all of it on a synthetic graph
 """
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from strata.launch import cmd_info, cmd_ingest, cmd_launch, cmd_pack, cmd_partition, cmd_train, quickstart
+    from strata.launch import cmd_info, cmd_ingest, cmd_launch, cmd_pack, cmd_partition, cmd_sample, cmd_train, quickstart
 
     parser = argparse.ArgumentParser(
         prog="strata", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"strata {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (quickstart, cmd_ingest, cmd_info, cmd_train, cmd_partition, cmd_pack, cmd_launch):
+    for module in (quickstart, cmd_ingest, cmd_info, cmd_train, cmd_sample, cmd_partition, cmd_pack, cmd_launch):
         module.register(sub)
     return parser
 
