@@ -212,8 +212,7 @@ class LayerPipelineExecutor:
         train_mask[data.splits["train"].numpy()] = True
         self.num_train = int(train_mask.sum())
         tables, whole, chunks = plan_units(indptr, indices, part_of, chunk_of.astype(np.int64), self.part, layout.groups)
-        self.halo_rows = tables.num_halo
-        """Halo nodes of this rank's part in the G-part cut (0 with G = 1)."""
+        self._halo_rows = tables.num_halo
 
         def unit(plan: UnitPlan) -> _Unit:
             def dev(a: np.ndarray) -> Tensor:
@@ -350,6 +349,10 @@ class LayerPipelineExecutor:
         self.stats.pass_seconds = time.perf_counter() - started
         self.stats.sent_bytes = sent
         return loss_total
+
+    def halo_rows(self) -> int:
+        """Halo nodes of this rank's part in the stage's G-part cut (0 with G = 1)."""
+        return self._halo_rows
 
     def stage_parameters(self) -> list[nn.Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
