@@ -28,6 +28,14 @@ from torch import Tensor
 CommSink = Callable[[str, int, float], None]
 """Receives (op, bytes, seconds) after every op, e.g. ``TrainingMetrics.comm``."""
 
+COUNTED_OPS = ("all_to_all", "all_reduce", "broadcast", "all_gather", "send")
+"""The ops that carry payload (recv and barrier count none)."""
+DEEPSPEED_OPS = tuple(
+    f"deepspeed_{op}"
+    for op in ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce", "all_gather", "all_to_all_single")
+)
+"""The names DeepSpeed's traffic is recorded under (see :meth:`Comm.record`)."""
+
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
 
@@ -190,6 +198,17 @@ class Comm:
         """Sum a few Python numbers over all ranks (float64)."""
         tensor = torch.tensor(list(values), dtype=torch.float64, device=self.device)
         return self.all_reduce(tensor).tolist()
+
+    def bytes_over_ranks(self) -> dict[str, int]:
+        """Bytes sent by each op, summed over all ranks (collective: every rank calls it)."""
+        mine = self.bytes_by_op()
+        if self.world_size == 1:
+            return {op: n for op, n in mine.items() if n}
+        # Ranks may have used different ops (a pipeline's first stage never receives), so
+        # they sum over one fixed vocabulary rather than over what each happened to use.
+        ops = COUNTED_OPS + DEEPSPEED_OPS
+        totals = self.sum_floats([float(mine.get(op, 0)) for op in ops])
+        return {op: int(total) for op, total in zip(ops, totals) if total}
 
     def broadcast_int(self, value: int, src: int = 0) -> int:
         return int(self.broadcast(torch.tensor([value], dtype=torch.int64, device=self.device), src).item())

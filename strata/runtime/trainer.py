@@ -412,7 +412,7 @@ def train_node_classifier(
         _save(ckpt_root, state, model, optimizer, best, ckpt_cfg.keep, comm)
         model.load_state_dict(best)
         final = executor.evaluate()
-        comm_bytes = _comm_bytes_over_ranks(comm)
+        comm_bytes = comm.bytes_over_ranks() if comm.world_size > 1 else {}
         # Throughput of the whole job: every rank's samples over rank 0's training time.
         (samples,) = comm.sum_floats([float(samples)]) if comm.world_size > 1 else (samples,)
         result = TrainResult(
@@ -441,12 +441,3 @@ def train_node_classifier(
         if store_batches is not None:
             store_batches.close()
         metrics.close()
-
-
-def _comm_bytes_over_ranks(comm: Comm) -> dict[str, int]:
-    if comm.world_size == 1:
-        return {}
-    ops = ("all_to_all", "all_reduce", "broadcast", "all_gather", "send")
-    mine = comm.bytes_by_op()
-    totals = comm.sum_floats([float(mine.get(op, 0)) for op in ops])
-    return {op: int(total) for op, total in zip(ops, totals) if total}
