@@ -54,6 +54,29 @@ def normalized_sum(graph: object, h: Tensor) -> Tensor:
         return graph.dstdata["h"] * dst_norm  # type: ignore[attr-defined]
 
 
+class Dropout(nn.Module):
+    """Inverted dropout like ``nn.Dropout``; on CPU the mask compares uniform floats with p.
+
+    ``nn.Dropout`` draws its CPU mask with ``bernoulli_``, about 4x slower than ``rand`` on
+    one thread: in a 16-layer GCNII on Cora it was over half of the epoch. Same distribution,
+    same generator (so checkpoints' RNG state still replays a run); CUDA keeps the fused kernel.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1], got {p}")
+        self.p = p
+
+    def forward(self, h: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return h
+        if h.is_cuda or self.p == 1.0:
+            return F.dropout(h, self.p, training=True)
+        keep = (torch.rand_like(h) >= self.p).to(h.dtype).mul_(1.0 / (1.0 - self.p))  # (rows, dim) of 0 or 1/(1-p)
+        return h * keep
+
+
 class Dense(nn.Module):
     """A per-node linear map (input projection or classifier head)."""
 
@@ -62,7 +85,7 @@ class Dense(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, *, dropout: float = 0.0, activation: bool = False, sets_h0: bool = False) -> None:
         super().__init__()
         self.linear = nn.Linear(in_dim, out_dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.activation = activation
         self.sets_h0 = sets_h0
 
@@ -143,7 +166,7 @@ class GCNIILayer(nn.Module):
         nn.init.xavier_uniform_(self.weight)
         self.alpha = alpha
         self.beta = math.log(lambda_ / layer + 1.0)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, graph: object, h: Tensor, h0: Tensor | None) -> LayerIO:
         if h0 is None:
