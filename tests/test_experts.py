@@ -86,7 +86,7 @@ def test_layout_splits_ranks_into_equal_groups_or_deals_experts_to_ranks() -> No
         expert_layout(3, [0, 1])
 
 
-def test_experts_config_is_checked_and_read_from_a_job() -> None:
+def test_experts_config_is_checked_and_read_from_a_job(tmp_path: Path) -> None:
     from strata.launch.job import load_job
 
     with pytest.raises(ConfigError, match=r"experts.expert must be -1 \(all\) or an expert index 0..3"):
@@ -96,17 +96,15 @@ def test_experts_config_is_checked_and_read_from_a_job() -> None:
     assert ExpertsConfig(expert=-1).trains_router and not ExpertsConfig(expert=1).trains_router
     assert ExpertsConfig(train_router="only").experts_to_train == []
     raw = {"task": "diffusion", "data": {"store": "s"}, "diffusion": {"executor": "experts"}, "experts": {"num_experts": 3, "expert": 2}}
-    assert load_job_from(raw, load_job).experts == ExpertsConfig(num_experts=3, expert=2)
+    assert load_job_from(raw, load_job, tmp_path).experts == ExpertsConfig(num_experts=3, expert=2)
     with pytest.raises(ConfigError, match="experts"):
-        load_job_from({"data": {"store": "s"}, "experts": {"num_experts": 3}}, load_job)  # a GNN job has no experts
+        load_job_from({"data": {"store": "s"}, "experts": {"num_experts": 3}}, load_job, tmp_path)  # a GNN job has no experts
 
 
-def load_job_from(raw: dict, load_job):
-    import tempfile
-
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-        yaml.safe_dump(raw, f)
-    return load_job(f.name)
+def load_job_from(raw: dict, load_job, folder: Path):
+    path = folder / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_job(str(path))
 
 
 def _expert(seed: int) -> torch.nn.Module:
@@ -160,6 +158,8 @@ def test_experts_on_two_ranks_exchange_no_bytes_and_the_router_finds_clusters_at
     assert sum(result["cluster_sizes"]) == 1797 and min(result["cluster_sizes"]) > 100
     # Far above the chance of 1/4, on noisy images with t < 50, measured in the job and again here.
     assert result["router"]["accuracy_small_t"] > 0.6
+    # Told the class, the router does better over all t (at large t the class is all it has).
+    assert result["router"]["accuracy_all_t_given_class"] > result["router"]["accuracy_all_t"] + 0.05
     paths = ExpertPaths.of(run_dir, CheckpointConfig())
     router, _ = load_router(paths.router_checkpoints)
     clusters, _ = read_clusters(paths.clusters)

@@ -78,6 +78,8 @@ class ExpertSetManifest:
     router_num_clusters: int
     """The number of clusters the router is trained to tell apart (must equal num_experts)."""
     router_hidden: int
+    router_num_classes: int
+    """Classes the router is told (0: it routes on x_t and t alone)."""
     diffusion_model: dict[str, Any]
     noise: dict[str, Any]
     format: str = MANIFEST_FORMAT
@@ -90,7 +92,7 @@ class ExpertSetManifest:
     def identity(self) -> dict[str, Any]:
         """What two jobs training parts of one set must agree on."""
         keep = ("num_experts", "image_shape", "num_classes", "store_checksum", "clusters", "experts", "router",
-                "router_num_clusters", "router_hidden", "diffusion_model", "noise")
+                "router_num_clusters", "router_hidden", "router_num_classes", "diffusion_model", "noise")
         return {key: getattr(self, key) for key in keep}
 
 
@@ -200,7 +202,10 @@ def load_router(root: str, *, device: str = "cpu") -> tuple[Router, int]:
     shard = checkpoint.read_shard(root, step, 0)
     meta = shard.get("meta", {})
     try:
-        router = Router(image_shape=tuple(meta["image_shape"]), num_clusters=int(meta["num_clusters"]), hidden=int(meta["hidden"]))
+        router = Router(
+            image_shape=tuple(meta["image_shape"]), num_clusters=int(meta["num_clusters"]), hidden=int(meta["hidden"]),
+            num_classes=int(meta.get("num_classes", 0)),
+        )
         router.load_state_dict(shard["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise CheckpointError(f"router checkpoint step {step} under '{root}' cannot be loaded: {exc}") from exc
@@ -248,6 +253,10 @@ def load_expert_set(url: str, *, image_shape: tuple[int, ...] | None = None, dev
     router, _ = load_router(resolve(base, manifest.router), device=device)
     if router.num_clusters != k:
         raise CheckpointError(_wrong_k(url, router.num_clusters, k))
+    if router.num_classes not in (0, manifest.num_classes):
+        raise CheckpointError(
+            f"expert set '{url}': its router was trained on {router.num_classes} classes, the experts on {manifest.num_classes}"
+        )
     if tuple(router.image_shape) != tuple(manifest.image_shape):
         raise CheckpointError(
             f"expert set '{url}': its router takes images of shape {router.image_shape}, its experts {tuple(manifest.image_shape)}"

@@ -99,6 +99,13 @@ class ExpertsConfig:
     """Width of the router (channels of its convolutions and its MLP)."""
     router_lr: float = 2e-3
     """AdamW learning rate of the router."""
+    router_labels: bool = True
+    """Give the router the class label too (labelled stores): it learns p(cluster | x_t, t, y),
+    which class-conditional sampling needs to reach the experts that saw the class asked for;
+    without it, p(cluster | x_t, t)."""
+    router_label_dropout: float = 0.2
+    """router_labels: share of labels replaced by "no class" in router training, so it also
+    routes the unconditional pass of classifier-free guidance."""
     cluster_epochs: int = 5
     """Mini-batch k-means passes over the images."""
     cluster_seed: int = 0
@@ -118,6 +125,8 @@ class ExpertsConfig:
                 raise ConfigError(f"experts.{key} must be at least 1, got {getattr(self, key)}")
         if not (self.router_lr > 0 and math.isfinite(self.router_lr)):
             raise ConfigError(f"experts.router_lr must be a positive number, got {self.router_lr}")
+        if not 0.0 <= self.router_label_dropout < 1.0:
+            raise ConfigError(f"experts.router_label_dropout must be in [0, 1), got {self.router_label_dropout}")
         if self.cluster_epochs < 0:
             raise ConfigError(f"experts.cluster_epochs must be >= 0, got {self.cluster_epochs}")
 
@@ -266,27 +275,31 @@ class RouterSummary:
     steps: int
     final_loss: float
     accuracy_small_t: float
-    """Share of noisy images with t < 50 whose cluster the router names."""
+    """Share of noisy images with t < 50 whose cluster the router names (from x_t and t alone)."""
     accuracy_all_t: float
     """The same over t uniform in [0, T)."""
+    accuracy_all_t_given_class: float | None
+    """A router with labels, told each image's class: its accuracy over t uniform in [0, T)
+    (the two above are measured with the null label). None without labels."""
     train_seconds: float
     checkpoint_dir: str
 
 
 def router_accuracy(
     router: Router, schedule: NoiseSchedule, images: torch.Tensor, clusters: torch.Tensor, *, t_max: int,
-    samples: int = 2048, seed: int = 1,
+    labels: torch.Tensor | None = None, samples: int = 2048, seed: int = 1,
 ) -> float:
     """Share of ``samples`` images, noised at t uniform in [0, t_max), whose cluster ``router``
-    predicts."""
+    predicts; told their class ``labels`` when given (else the null label)."""
     g = torch.Generator().manual_seed(seed)
     rows = torch.randint(0, len(images), (samples,), generator=g)
     t = torch.randint(0, t_max, (samples,), generator=g)
     noise = torch.randn((samples, *images.shape[1:]), generator=g)
     device = next(router.parameters()).device
+    y = None if labels is None else labels[rows].to(device)
     with torch.no_grad():
         x_t = schedule.q_sample(images[rows], t, noise).to(device)
-        predicted = router.eval()(x_t, t.to(device)).argmax(-1).cpu()
+        predicted = router.eval()(x_t, t.to(device), y).argmax(-1).cpu()
     return float((predicted == clusters[rows]).float().mean())
 
 
@@ -296,13 +309,17 @@ def train_router(
 ) -> RouterSummary:
     """Train the router on every image of ``data`` (``clusters`` its targets), data parallel
     over the ranks of ``comm``: each step's batch is drawn like a diffusion batch (images,
-    timesteps, noise) and each rank takes its rows; gradients are averaged over all ranks."""
+    timesteps, noise, dropped labels) and each rank takes its rows; gradients are averaged
+    over all ranks."""
+    num_classes = data.num_classes if cfg.router_labels and data.labels is not None else 0
     torch.manual_seed(seed)
-    router = Router(image_shape=data.image_shape, num_clusters=cfg.num_experts, hidden=cfg.router_hidden).to(device)
+    router = Router(image_shape=data.image_shape, num_clusters=cfg.num_experts, hidden=cfg.router_hidden, num_classes=num_classes)
+    router = router.to(device)
     schedule = NoiseSchedule(noise_cfg).to(device)
     broadcast_parameters(router, comm)
     optimizer = torch.optim.AdamW(router.parameters(), lr=cfg.router_lr)
-    meta = {"num_clusters": cfg.num_experts, "hidden": cfg.router_hidden, "image_shape": list(data.image_shape)}
+    meta = {"num_clusters": cfg.num_experts, "hidden": cfg.router_hidden, "image_shape": list(data.image_shape),
+            "num_classes": num_classes}
     targets = ImageData(data.images, clusters, cfg.num_experts)
     rows = rank_rows(cfg.router_batch_size, 1, comm.rank, comm.world_size)
     step, loss, seconds = 0, math.nan, 0.0
@@ -313,12 +330,15 @@ def train_router(
         loss = float(shard["loop"]["loss"])
     router.train()
     while step < cfg.router_steps:
-        batch = global_batch(
-            targets, step, batch_size=cfg.router_batch_size, seed=seed, timesteps=schedule.timesteps,
-            null_label=cfg.num_experts, label_dropout=0.0, rows=rows,
-        ).to(device)
+        # The same (seed, step) draws twice: once with the clusters as labels (the targets),
+        # once with the classes, some dropped (the router's condition).
+        draw = {"step": step, "batch_size": cfg.router_batch_size, "seed": seed, "timesteps": schedule.timesteps, "rows": rows}
+        batch = global_batch(targets, null_label=cfg.num_experts, label_dropout=0.0, **draw).to(device)
+        y = None
+        if num_classes:
+            y = global_batch(data, null_label=num_classes, label_dropout=cfg.router_label_dropout, **draw).y.to(device)
         started = time.perf_counter()
-        logits = router(schedule.q_sample(batch.x0, batch.t, batch.noise), batch.t)  # (rows, k)
+        logits = router(schedule.q_sample(batch.x0, batch.t, batch.noise), batch.t, y)  # (rows, k)
         local = F.cross_entropy(logits, batch.y)
         optimizer.zero_grad(set_to_none=True)
         local.backward()
@@ -335,7 +355,8 @@ def train_router(
     _save_router(root, step, router, optimizer, loss, meta, keep, comm)
     small = router_accuracy(router, schedule, data.images, clusters, t_max=min(SMALL_T, schedule.timesteps))
     overall = router_accuracy(router, schedule, data.images, clusters, t_max=schedule.timesteps)
-    return RouterSummary(step, loss, small, overall, seconds, root)
+    given = router_accuracy(router, schedule, data.images, clusters, t_max=schedule.timesteps, labels=data.labels) if num_classes else None
+    return RouterSummary(step, loss, small, overall, given, seconds, root)
 
 
 def _save_router(root: str, step: int, router: Router, optimizer: torch.optim.Optimizer, loss: float, meta: dict, keep: int, comm: Comm) -> None:
@@ -396,7 +417,8 @@ def build_manifest(
         store_checksum=checksum, clusters=relative_to(base, paths.clusters),
         experts=[relative_to(base, paths.expert_checkpoints(i)) for i in range(cfg.num_experts)],
         router=relative_to(base, paths.router_checkpoints), router_num_clusters=cfg.num_experts,
-        router_hidden=cfg.router_hidden, diffusion_model=asdict(model_cfg), noise=asdict(noise_cfg),
+        router_hidden=cfg.router_hidden, router_num_classes=num_classes if cfg.router_labels else 0,
+        diffusion_model=asdict(model_cfg), noise=asdict(noise_cfg),
     )
 
 
@@ -498,7 +520,7 @@ def train_experts(
             trained[i] = [1.0, result.steps, result.final_loss, result.train_seconds, result.images_per_second]
         after = comm.bytes_by_op()
         expert_bytes = _sum_over_ranks({op: after.get(op, 0) - before.get(op, 0) for op in COUNTED_OPS}, comm)
-        summaries = _gather_summaries(trained, layout, paths, sizes, cfg, comm, leads)
+        summaries = _gather_summaries(trained, layout, paths, sizes, comm, leads)
         # 4. manifest: its content depends on the configs only.
         if comm.rank == 0:
             write_manifest(paths.manifest, manifest)
@@ -524,8 +546,7 @@ def _sum_over_ranks(bytes_by_op: dict[str, int], comm: Comm) -> dict[str, int]:
 
 
 def _gather_summaries(
-    trained: dict[int, list[float]], layout: ExpertLayout, paths: ExpertPaths, sizes: list[int],
-    cfg: DiffusionTrainConfig, comm: Comm, leads: bool,
+    trained: dict[int, list[float]], layout: ExpertLayout, paths: ExpertPaths, sizes: list[int], comm: Comm, leads: bool,
 ) -> list[ExpertSummary]:
     """Every expert's figures on every rank: each group's first rank contributes the rows of
     the experts it trained and the rows are summed over the job."""
