@@ -293,3 +293,30 @@ def test_sample_help_and_a_path_with_nothing_to_sample(tmp_path: Path) -> None:
         assert option in help_text
     proc = run_strata("sample", str(tmp_path), check=False)
     assert proc.returncode == 2 and "not a run directory with checkpoints/" in proc.stderr
+
+
+def _pipeline_run(topology, store: str, run_dir: str) -> None:
+    metrics = TrainingMetrics(MetricsConfig(), rank=topology.rank, local_rank=topology.rank, executor="test", jsonl_url=None)
+    cfg = dataclasses.replace(TRAIN, executor="pipeline", pipeline_chunks=2, lr=3e-2)
+    fit(load_image_data(store), MODEL, NOISE, cfg, CheckpointConfig(),
+        comm=Comm(topology.rank, topology.world_size), metrics=metrics, run_dir=run_dir)
+    metrics.close()
+
+
+def test_a_pipeline_checkpoint_is_sampled_with_each_layer_from_the_stage_that_trained_it(digits: str, tmp_path: Path) -> None:
+    """Each stage averages only its own layers; the others stay at their initial weights in
+    its shard, so a loader reading one shard would sample from a half-trained model."""
+    from strata.runtime.diffusion_loading import load_ema_model
+
+    run_dir = str(tmp_path / "pipe")
+    run_workers(_pipeline_run, 2, digits, run_dir)
+    root = f"{run_dir}/checkpoints"
+    shards = [checkpoint.read_shard(root, TRAIN.steps, r)["ema"]["shadow"] for r in (0, 1)]
+    loaded = dict(load_ema_model(root).model.named_parameters())
+    first, last = "layers.0.", f"layers.{len(build_diffusion(MODEL).layers) - 1}."
+    for prefix, owner in ((first, 0), (last, 1)):
+        names = [n for n in shards[0] if n.startswith(prefix)]
+        assert names
+        for name in names:
+            torch.testing.assert_close(loaded[name].detach(), shards[owner][name])
+        assert any(not torch.equal(shards[0][n], shards[1][n]) for n in names)
