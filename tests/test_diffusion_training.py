@@ -114,6 +114,29 @@ def test_two_stage_pipeline_gives_the_single_process_loss(tmp_path: Path, single
     assert out[0]["bytes"]["send"] > 0 and out[1]["bytes"]["send"] > 0
 
 
+def test_gradient_accumulation_computes_the_whole_batch_gradient() -> None:
+    from strata.models.diffusion.config import build_diffusion
+    from strata.models.diffusion.schedule import NoiseSchedule
+    from strata.runtime.executors.diffusion import DataParallelEngine
+
+    batch = global_batch(tiny_images(), 0, batch_size=16, seed=0, timesteps=100, null_label=4, label_dropout=0.2)
+    grads, losses = [], []
+    for parts in (1, 4):
+        torch.manual_seed(0)
+        engine = DataParallelEngine(build_diffusion(MODEL), NoiseSchedule(NOISE), Comm(0, 1), dataclasses.replace(TRAIN, grad_clip=0).optimizer)
+        losses.append(engine.train_step(batch.split(parts)))
+        grads.append({n: p.grad.clone() for n, p in engine.module.named_parameters()})
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+    _close(grads[0], grads[1], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_deepspeed_with_accumulation_on_two_ranks_reaches_the_single_process_parameters(tmp_path: Path, single: dict) -> None:
+    out = run_workers(_worker, 2, str(tmp_path), dataclasses.replace(TRAIN, engine="deepspeed", zero_stage=1, grad_accum=2))
+    _close(out[0]["model"], single["model"])
+    assert out[0]["losses"] == pytest.approx(single["losses"], abs=1e-5)
+
+
 def test_batch_that_does_not_split_over_ranks_is_a_config_error(tmp_path: Path) -> None:
     from strata.runtime.executors.diffusion import rank_rows
 
