@@ -18,13 +18,15 @@ L = GCNII layers, N = nodes, H_P = sum of the halo sizes of a P-part cut):
 
 - graph_parallel: every graph layer exchanges its input's halo forward and its gradient
   backward (GCNII's first graph layer reads hidden-wide input too): 2 x L x H_4 x h x 4.
-- layer_pipeline: each node crosses each of the stages - 1 boundaries once forward and once
-  backward, with h and GCNII's initial residual h0: 2 x (4 - 1) x N x 2h x 4.
+- layer_pipeline: each node's h crosses each of the stages - 1 boundaries once forward and
+  once backward (every stage recomputes GCNII's initial residual h0 from the features):
+  2 x (4 - 1) x N x h x 4.
 - hybrid S x G: the boundaries of S stages, plus the graph-parallel halo of a G-part cut at
-  every layer: 2 x (S - 1) x N x 2h x 4 + 2 x L x H_G x h x 4.
+  every layer: 2 x (S - 1) x N x h x 4 + 2 x L x H_G x h x 4.
 
 Gradient all-reduce (graph_parallel: the whole model; hybrid: each stage's layers over its
-G ranks) is reported in its own column: it does not grow with the graph.
+G ranks; the pipelines: also the replicated input layer over all ranks) is reported in its own
+column: it does not grow with the graph.
 
     python benchmarks/pipeline_vs_graph_parallel.py [--nodes 200000] [--layers 32 64] [--epochs 4]
 """
@@ -213,9 +215,9 @@ def main() -> None:
             if name == "graph_parallel":
                 r["analytic"] = 2 * layers * r["halo_rows"] * h * b
             elif name == "layer_pipeline":
-                r["analytic"] = 2 * (procs - 1) * n * 2 * h * b
+                r["analytic"] = 2 * (procs - 1) * n * h * b
             else:
-                r["analytic"] = 2 * (stages_hybrid - 1) * n * 2 * h * b + 2 * layers * r["halo_rows"] * h * b
+                r["analytic"] = 2 * (stages_hybrid - 1) * n * h * b + 2 * layers * r["halo_rows"] * h * b
             per_epoch = [_activation(e) for e in r["epoch_bytes"]]
             r["measured"] = statistics.mean(per_epoch)
             r["spread"] = (max(per_epoch) - min(per_epoch)) / r["measured"] if r["measured"] else 0.0

@@ -48,6 +48,7 @@ def _hybrid_worker(topology, stages: int, parts: int, history: bool, epochs: int
     return {
         "losses": losses, "passes": passes, "grads": grads, "scores": executor.evaluate(),
         "stage": executor.stage, "part": executor.part, "stage_params": sum(p.numel() for p in executor.stage_parameters()),
+        "input_params": sum(p.numel() for layer in executor.prefix_layers for p in layer.parameters()),
     }
 
 
@@ -61,8 +62,8 @@ def _halo_sizes(data, part_of: np.ndarray, parts: int) -> list[int]:
 
 def _expected_pass(results: list[dict], data, stages: int, parts: int) -> None:
     """Every training pass of every rank sends exactly the analytic bytes (float32):
-    boundaries 2 x (S-1) x N x 2h x 4, halo 2 x L x H_G x h x 4, one all-reduce of the stage
-    gradients plus the 8-byte loss."""
+    boundaries 2 x (S-1) x N x h x 4 (every stage recomputes h0), halo 2 x L x H_G x h x 4,
+    one all-reduce of the stage gradients, one of the replicated input layer's, and the 8-byte loss."""
     part_of, _ = _cuts(parts)
     halos = _halo_sizes(data, part_of, parts)
     graph_layers = {s: sum(1 for i in span if 0 < i <= LAYERS) for s, span in enumerate(_stages(LAYERS + 2, stages))}
@@ -73,11 +74,12 @@ def _expected_pass(results: list[dict], data, stages: int, parts: int) -> None:
         # Forward this part sends the rows other parts hold as halo; backward, its halo's gradients.
         sends_fwd = sum(int(np.isin(np.flatnonzero(part_of == g), _halo_ids(data, part_of, h)).sum()) for h in range(parts) if h != g)
         for p in r["passes"]:
-            assert p.get("send", 0) == boundaries * owned * 2 * HIDDEN * 4, (s, g)
+            assert p.get("send", 0) == boundaries * owned * HIDDEN * 4, (s, g)
             assert p.get("all_to_all", 0) == graph_layers[s] * (sends_fwd + halos[g]) * HIDDEN * 4, (s, g)
-            assert p.get("all_reduce", 0) == r["stage_params"] * 4 + 8, (s, g)
+            assert r["input_params"] == 6 * HIDDEN + HIDDEN  # GCNII's input projection, on every rank
+            assert p.get("all_reduce", 0) == (r["stage_params"] + r["input_params"]) * 4 + 8, (s, g)
     for p in range(len(results[0]["passes"])):
-        assert sum(r["passes"][p].get("send", 0) for r in results) == 2 * (stages - 1) * NUM_NODES * 2 * HIDDEN * 4
+        assert sum(r["passes"][p].get("send", 0) for r in results) == 2 * (stages - 1) * NUM_NODES * HIDDEN * 4
         assert sum(r["passes"][p].get("all_to_all", 0) for r in results) == 2 * LAYERS * sum(halos) * HIDDEN * 4
 
 

@@ -239,7 +239,8 @@ def pipeline_executor(
         cuts = torch.from_numpy(np.stack([part_of, chunk_of]))
     part_of, chunk_of = comm.broadcast(cuts, 0).numpy()
     return LayerPipelineExecutor(
-        model, data, comm, stages=stages, chunk_of=chunk_of, part_of=part_of, cfg=pipeline, device=topology.device
+        model, data, comm, stages=stages, chunk_of=chunk_of, part_of=part_of, cfg=pipeline,
+        device=topology.device, seed=cfg.seed,
     )
 
 

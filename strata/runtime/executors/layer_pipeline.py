@@ -25,27 +25,35 @@ all_to_all, the rows of the current chunk that the other parts hold as halo; hal
 other chunks come from the tables. Stage gradients are summed over the G ranks. Rank (s, g)
 sends its rows to rank (s + 1, g) only, so every node still crosses a boundary once.
 
-Messages between stages carry ``h`` (and GCNII's initial residual ``h0`` when the model
-has one) for the chunk's rows, packed as one tensor.
+Messages between stages carry ``h`` for the chunk's rows. A model with an initial residual
+``h0`` (GCNII) made by per-node layers from the features (its input projection) gets ``h0``
+recomputed at every stage instead (``recompute_residual``): each stage holds the features and
+a replica of those input layers, whose gradients are summed over all ranks. Their dropout
+draws from a generator seeded by (seed, step, chunk), so every stage applies the mask stage 0
+applied. Without recomputation ``h0`` travels with ``h``, packed as one tensor.
 
 Traffic of one training pass, all ranks together, ``b`` bytes per element (4 for float32);
-N nodes, boundary width ``w_k`` (h plus h0) at the boundary after stage k, graph layers l
+N nodes, boundary width ``w_k`` (h, plus h0 when it is not recomputed) at the boundary
+after stage k, graph layers l
 with input width ``d_l``, ``H_G`` the sum of the halo sizes of the G-part cut::
 
     send        2 x sum over the S - 1 boundaries of N x w_k x b
     all_to_all  sum over graph layers of H_G x d_l x b, twice (forward and backward) for
                 every layer whose input carries gradient (all but one reading raw features)
-    all_reduce  (G > 1) each rank: its stage's parameters x b, plus the loss (8 bytes)
+    all_reduce  (G > 1) each rank: its stage's parameters x b; (S x G > 1, h0 recomputed) each
+                rank: the input layers' parameters x b; plus the loss (8 bytes)
 
 The same holds for synchronous and chunked passes: over a pass the chunks' rows partition
-every part and every halo. For GCNII (``w = 2 x hidden``, ``d = hidden``, L graph layers):
-``2 (S-1) N 2h b + 2 L H_G h b``; with G = 1 this is the pipeline's ``2 (S-1) N 2h b``, with
-S = 1 graph_parallel's ``2 L H h b``. Evaluation is forward only: half of each term.
+every part and every halo. For GCNII (``w = hidden``, ``d = hidden``, L graph layers):
+``2 (S-1) N h b + 2 L H_G h b``; with G = 1 this is the pipeline's ``2 (S-1) N h b``, with
+S = 1 graph_parallel's ``2 L H h b``. Sending h0 instead doubles the first term (``w = 2h``).
+Evaluation is forward only: half of each term.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -56,6 +64,7 @@ from torch import Tensor, nn
 
 from strata.errors import ConfigError
 from strata.models import LayeredModel
+from strata.models.gnn import run_layers
 from strata.partitioners.config import METHODS as PARTITION_METHODS
 from strata.runtime.comm import Comm
 from strata.runtime.data import NodeData
@@ -93,6 +102,9 @@ class PipelineConfig:
     """Partitioner that cuts the graph (each part, in hybrid mode) into locality-preserving chunks."""
     part_method: str = "metis"
     """Hybrid: partitioner that cuts the graph into the parts of a stage's graph-parallel ranks."""
+    recompute_residual: bool = True
+    """Recompute an initial residual (GCNII's h0) at every stage from the features rather than
+    send it with h: half the boundary traffic, for one input layer per stage."""
 
     def __post_init__(self) -> None:
         if self.stages < 0:
@@ -148,6 +160,18 @@ class PipelineStats:
         return 1.0 - self.busy_seconds / self.pass_seconds if self.pass_seconds else 0.0
 
 
+def residual_prefix(layers: list[nn.Module], widths: list[tuple[int, int]]) -> int:
+    """How many leading layers make the initial residual h0 from the features alone: the
+    layers up to the one whose output first carries h0, if none of them reads the graph and no
+    later layer makes h0 anew. 0 when the model has no h0 or it cannot be recomputed per node."""
+    made = next((i + 1 for i, (_, width_h0) in enumerate(widths[1:]) if width_h0), 0)
+    if not made or any(layer.uses_graph for layer in layers[:made]):
+        return 0
+    if any(getattr(layer, "sets_h0", False) for layer in layers[made:]):
+        return 0
+    return made
+
+
 def _widths(layers: list[nn.Module], in_dim: int) -> list[tuple[int, int]]:
     """(width of h, width of h0 or 0) before layer 0 and after every layer, from a 2-node probe."""
     from strata._dgl import dgl
@@ -182,6 +206,7 @@ class LayerPipelineExecutor:
         cfg: PipelineConfig,
         part_of: np.ndarray | None = None,
         device: str = "cpu",
+        seed: int = 0,
     ) -> None:
         num_nodes = data.feat.shape[0]
         layout = PipelineLayout.of(len(stages), comm.world_size)
@@ -202,8 +227,18 @@ class LayerPipelineExecutor:
         self.model = model.to(device)
         self.device = device
         span = stages[self.stage]
-        self.layers = list(model.layers)[span.start : span.stop]
-        widths = _widths(list(model.layers), data.feat.shape[1])
+        layers = list(model.layers)
+        widths = _widths(layers, data.feat.shape[1])
+        prefix = residual_prefix(layers, widths) if cfg.recompute_residual else 0
+        if prefix > stages[0].stop:
+            prefix = 0  # the input layers straddle a stage boundary: send h0 instead
+        self.seed = seed
+        self.prefix_layers = layers[:prefix]
+        """Layers every stage runs on its chunk's features to recompute h0 (none when h0 is sent)."""
+        first = max(span.start, prefix)
+        self.layers = layers[first : span.stop]
+        if prefix:
+            widths = [(width_h, 0) for width_h, _ in widths]  # what travels: h alone
         self.in_width, self.out_width = widths[span.start], widths[span.stop]
 
         indptr, indices = global_csc(data.graph)
@@ -225,7 +260,7 @@ class LayerPipelineExecutor:
         self.whole = unit(whole)
         self.chunks = [unit(plan) for plan in chunks]
         self.label = data.label.to(device)
-        self.feat = data.feat.to(device) if self.stage == 0 else None
+        self.feat = data.feat.to(device) if self.stage == 0 or self.prefix_layers else None
         # Split members this rank computes, as positions among the whole part's rows.
         position = torch.full((num_nodes,), -1, dtype=torch.int64)
         position[torch.from_numpy(whole.dst)] = torch.arange(len(whole.dst))
@@ -237,7 +272,7 @@ class LayerPipelineExecutor:
         if cfg.history:
             for i, layer in enumerate(self.layers):
                 if layer.uses_graph:
-                    self.tables[i] = torch.zeros(tables.num_owned + tables.num_halo, widths[span.start + i][0], device=device)
+                    self.tables[i] = torch.zeros(tables.num_owned + tables.num_halo, widths[first + i][0], device=device)
         self.stats = PipelineStats()
         self._last_sync = -1
         broadcast_parameters(self.model, comm)
@@ -267,7 +302,8 @@ class LayerPipelineExecutor:
         return h, h0
 
     def _pack(self, h: Tensor, h0: Tensor | None) -> Tensor:
-        return h if h0 is None else torch.cat([h, h0], dim=1)
+        """The message to the next stage: h, with h0 beside it unless the next stage recomputes it."""
+        return h if h0 is None or self.prefix_layers else torch.cat([h, h0], dim=1)
 
     def _unpack(self, message: Tensor, widths: tuple[int, int]) -> tuple[Tensor, Tensor | None]:
         width_h, width_h0 = widths
@@ -275,7 +311,21 @@ class LayerPipelineExecutor:
             return message, None
         return message[:, :width_h], message[:, width_h:]
 
-    def _input(self, unit: _Unit, received: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    @contextmanager
+    def _shared_rng(self, step: int, chunk: int) -> Iterator[None]:
+        """The global generator seeded by (seed, step, chunk) inside, restored after: the
+        input layers' dropout draws the same mask for a chunk on every stage."""
+        devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
+        key = np.random.SeedSequence([self.seed & 0xFFFFFFFF, step, chunk]).generate_state(1)[0]
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(int(key))
+            yield
+
+    def _input(self, unit: _Unit, received: Tensor | None, step: int = 0, chunk: int = 0) -> tuple[Tensor, Tensor | None]:
+        if self.prefix_layers:
+            with self._shared_rng(step, chunk):
+                h, h0 = run_layers(self.prefix_layers, None, self.feat[unit.dst_ids], None)
+            return (h, h0) if self.stage == 0 else (received, h0)
         if self.stage == 0:
             return self.feat[unit.dst_ids], None
         return self._unpack(received, self.in_width)
@@ -292,10 +342,11 @@ class LayerPipelineExecutor:
 
     # -- the interpreter -----------------------------------------------------------------
 
-    def run_pass(self, units: list[_Unit]) -> float:
+    def run_pass(self, units: list[_Unit], step: int = 0) -> float:
         """Forward and backward of every unit under the configured schedule; returns the loss
         on the last stage (0.0 elsewhere). Parameter gradients accumulate in ``.grad``, this
-        rank's share only: :meth:`reduce_gradients` sums them over the stage's ranks."""
+        rank's share only: :meth:`reduce_gradients` sums them over the ranks that share them.
+        ``step`` (the epoch) seeds the input layers' dropout when h0 is recomputed."""
         program = SCHEDULES[self.cfg.schedule](self.stage, self.num_stages, len(units))
         received: dict[int, Tensor] = {}
         outputs: dict[int, Tensor] = {}
@@ -312,7 +363,7 @@ class LayerPipelineExecutor:
                 received[op.chunk] = self._recv(rows, self.in_width, self.prev_rank).requires_grad_()
             elif isinstance(op, Forward):
                 t0 = time.perf_counter()
-                h, h0 = self._input(unit, received.get(op.chunk))
+                h, h0 = self._input(unit, received.get(op.chunk), step, op.chunk)
                 h, h0 = self._stage_forward(unit, h, h0, record=True)
                 if self.stage == self.num_stages - 1:
                     outputs[op.chunk] = self._loss(unit, h)
@@ -355,11 +406,15 @@ class LayerPipelineExecutor:
         return self._halo_rows
 
     def stage_parameters(self) -> list[nn.Parameter]:
+        """Parameters only this stage uses (the replicated input layers are not among them)."""
         return [p for layer in self.layers for p in layer.parameters()]
 
     def reduce_gradients(self) -> None:
-        """Sum this stage's parameter gradients over its graph-parallel ranks (no-op with G = 1)."""
+        """Sum this stage's parameter gradients over its graph-parallel ranks (no-op with G = 1),
+        and the replicated input layers' gradients over every rank."""
         all_reduce_gradients(self.stage_parameters(), self.group, average=False)
+        if self.prefix_layers:
+            all_reduce_gradients([p for layer in self.prefix_layers for p in layer.parameters()], self.comm, average=False)
 
     # -- the Executor protocol -----------------------------------------------------------
 
@@ -380,7 +435,7 @@ class LayerPipelineExecutor:
         synchronous = self._synchronous(epoch)
         self.model.train()
         optimizer.zero_grad(set_to_none=True)
-        loss = self.run_pass([self.whole] if synchronous else self.chunks)
+        loss = self.run_pass([self.whole] if synchronous else self.chunks, step=epoch)
         self.reduce_gradients()
         optimizer.step()
         if synchronous:
@@ -396,10 +451,8 @@ class LayerPipelineExecutor:
         """Forward of this rank's whole part through all stages, without touching history;
         logits of the part's nodes on the last stage.  (num_part_nodes, num_classes)"""
         self.model.eval()
-        if self.stage == 0:
-            h, h0 = self._input(self.whole, None)
-        else:
-            h, h0 = self._unpack(self._recv(self.whole.rows, self.in_width, self.prev_rank), self.in_width)
+        received = None if self.stage == 0 else self._recv(self.whole.rows, self.in_width, self.prev_rank)
+        h, h0 = self._input(self.whole, received)
         h, h0 = self._stage_forward(self.whole, h, h0, record=False)
         if self.stage < self.num_stages - 1:
             if self.whole.rows:
