@@ -295,6 +295,32 @@ def test_sample_help_and_a_path_with_nothing_to_sample(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "not a run directory with checkpoints/" in proc.stderr
 
 
+def test_a_checkpoint_that_does_not_record_its_model_is_sampled_with_the_job_config(digits: str, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    weights = build_diffusion(MODEL).state_dict()
+    root = str(tmp_path / "bare" / "checkpoints")
+    checkpoint.write_shard(root, 3, 0, {"model": weights, "ema": {"shadow": weights}})
+    checkpoint.commit(root, 3, world_size=1, keep=1)
+    proc = run_strata("sample", str(tmp_path / "bare"), "--steps", "2", "--num-per-class", "1", check=False)
+    assert proc.returncode == 2 and "does not record which model it holds; pass the job config (--config)" in proc.stderr
+
+    job = _job_yaml(tmp_path, digits, "bare", {})
+    out = tmp_path / "bare.png"
+    proc = run_strata("sample", str(tmp_path / "bare"), "--config", str(job), "--steps", "2", "--num-per-class", "1",
+                      "--out", str(out), "--json")
+    result = json.loads(proc.stdout)
+    assert result["kind"] == "model" and result["step"] == 3 and result["num_samples"] == 10
+    assert _png_size(out) == (65 + 1, 10 * 65 + 1)
+
+    # A config for another model does not fit the weights: named, not a shape traceback.
+    other = tmp_path / "other.yaml"
+    raw = yaml.safe_load(job.read_text())
+    raw["diffusion_model"]["hidden"] = 48
+    other.write_text(yaml.safe_dump(raw))
+    proc = run_strata("sample", str(tmp_path / "bare"), "--config", str(other), "--steps", "2", check=False)
+    assert proc.returncode == 2 and "does not fit its model config" in proc.stderr
+
+
 def _pipeline_run(topology, store: str, run_dir: str) -> None:
     metrics = TrainingMetrics(MetricsConfig(), rank=topology.rank, local_rank=topology.rank, executor="test", jsonl_url=None)
     cfg = dataclasses.replace(TRAIN, executor="pipeline", pipeline_chunks=2, lr=3e-2)
