@@ -97,6 +97,11 @@ class DiffusionTrainConfig:
     """DDIM steps when sampling grids."""
     guidance_scale: float = 2.0
     """Classifier-free guidance scale when sampling grids (1 = none)."""
+    images_in_memory: bool = True
+    """Load every image before training (fastest); false = leave them in the store and read
+    each batch's rows through a cache of decoded chunks, for sets larger than memory."""
+    image_cache_mb: int = 256
+    """images_in_memory=false: megabytes of decoded image chunks each process keeps."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -119,6 +124,10 @@ class DiffusionTrainConfig:
             raise ConfigError("diffusion.warmup_steps, log_every, sample_every, weight_decay and grad_clip must be >= 0")
         if self.sample_per_class < 1 or self.sample_steps < 1 or self.pipeline_chunks < 1:
             raise ConfigError("diffusion.sample_per_class, sample_steps and pipeline_chunks must be at least 1")
+        if self.image_cache_mb < 0:
+            raise ConfigError(f"diffusion.image_cache_mb must be >= 0, got {self.image_cache_mb}")
+        if self.executor == "experts" and not self.images_in_memory:
+            raise ConfigError("diffusion.images_in_memory=false is for data_parallel and pipeline; experts cluster the whole set in memory")
 
     @property
     def optimizer(self) -> OptimizerConfig:
@@ -236,7 +245,7 @@ def train_diffusion(
         raise ConfigError("diffusion.executor=experts trains through strata.runtime.experts.train_experts")
     fs.makedirs(run_dir)
     jsonl = metrics_cfg.jsonl or fs.join(run_dir, "metrics.jsonl")
-    data = load_image_data(data_cfg.store)
+    data = load_image_data(data_cfg.store, in_memory=cfg.images_in_memory, cache_bytes=cfg.image_cache_mb << 20)
     check_model_fits(model_cfg, data, data_cfg.store)
     metrics = TrainingMetrics(
         metrics_cfg, rank=topology.rank, local_rank=topology.local_rank, executor=executor_label(cfg),
