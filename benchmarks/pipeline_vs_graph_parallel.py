@@ -93,13 +93,14 @@ def worker(spec: dict) -> None:
         executor = build_executor(train, model, data, data_cfg, comm, topology, pipeline=pipeline)
         setup_seconds = time.perf_counter() - started
 
-        epoch_bytes, epoch_seconds, comm_seconds, losses = [], [], [], []
+        epoch_bytes, epoch_seconds, comm_seconds, cpu_seconds, losses = [], [], [], [], []
         for epoch in range(spec["epochs"]):
             for batch in executor.epoch(epoch, 0):
                 before, waited = comm.bytes_by_op(), _seconds(comm)
-                t0 = time.perf_counter()
+                t0, cpu0 = time.perf_counter(), time.process_time()
                 step = executor.train_step(batch, optimizer)
                 epoch_seconds.append(time.perf_counter() - t0)
+                cpu_seconds.append(time.process_time() - cpu0)
                 epoch_bytes.append(_delta(comm.bytes_by_op(), before))
                 comm_seconds.append(_seconds(comm) - waited)
                 losses.append(step.loss)
@@ -112,10 +113,12 @@ def worker(spec: dict) -> None:
         # (counted on stage 0's ranks only: every stage holds the same cut).
         stage = getattr(executor, "stage", 0)
         halo = float(executor.halo_rows()) if stage == 0 else 0.0
-        flat = [x for row in epoch_bytes for x in row] + eval_bytes + [halo] + comm_seconds
+        flat = [x for row in epoch_bytes for x in row] + eval_bytes + [halo] + comm_seconds + cpu_seconds
         totals = comm.sum_floats(flat)
-        comm_mean = [t / topology.world_size for t in totals[len(flat) - len(comm_seconds) :]]
-        totals = totals[: len(flat) - len(comm_seconds)]
+        epochs = len(epoch_seconds)
+        cpu_total = totals[len(flat) - epochs :]
+        comm_mean = [t / topology.world_size for t in totals[len(flat) - 2 * epochs : len(flat) - epochs]]
+        totals = totals[: len(flat) - 2 * epochs]
         if topology.rank == 0:
             n = len(OPS)
             result = {
@@ -126,6 +129,7 @@ def worker(spec: dict) -> None:
                 "halo_rows": int(totals[-1]),
                 "epoch_seconds": epoch_seconds,
                 "comm_seconds": comm_mean,
+                "cpu_seconds": cpu_total,
                 "eval_seconds": eval_seconds,
                 "setup_seconds": setup_seconds,
                 "losses": losses,
@@ -200,11 +204,12 @@ def main() -> None:
     timed = max(1, min(3, args.epochs - 1))
     rows = [
         "| layers | executor | training bytes/epoch (counters) | analytic | measured/analytic | grad all-reduce/epoch "
-        "| eval bytes/pass | epoch time (median of last 3) | of which in comm ops | test acc |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| eval bytes/pass | epoch time (median of last 3) | of which in comm ops | CPU seconds/epoch, all ranks | test acc |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     ratios = []
     port = 29600 + os.getpid() % 1000
+    cores = min(procs, len(os.sched_getaffinity(0)))
     for layers in args.layers:
         results = {}
         for name in args.configs:
@@ -223,15 +228,16 @@ def main() -> None:
             r["spread"] = (max(per_epoch) - min(per_epoch)) / r["measured"] if r["measured"] else 0.0
             r["time"] = statistics.median(r["epoch_seconds"][-timed:])
             r["in_comm"] = statistics.median(r["comm_seconds"][-timed:])
+            r["cpu"] = statistics.median(r["cpu_seconds"][-timed:])
             label = "hybrid (2x2)" if name == "hybrid" else name + (" (4 parts)" if name == "graph_parallel" else " (4 stages)")
             rows.append(
                 f"| {layers} | {label} | {r['measured'] / 1e6:,.1f} MB | {r['analytic'] / 1e6:,.1f} MB | "
                 f"{r['measured'] / r['analytic']:.4f} | {statistics.mean(e['all_reduce'] for e in r['epoch_bytes']) / 1e6:,.2f} MB | "
-                f"{_activation(r['eval_bytes']) / 1e6:,.1f} MB | {r['time']:.2f} s | {r['in_comm']:.2f} s | {r['scores'].get('test_acc', float('nan')):.4f} |"
+                f"{_activation(r['eval_bytes']) / 1e6:,.1f} MB | {r['time']:.2f} s | {r['in_comm']:.2f} s | {r['cpu']:.2f} s | {r['scores'].get('test_acc', float('nan')):.4f} |"
             )
             print(f"  {layers} layers, {name}: {r['measured'] / 1e6:,.1f} MB/epoch (analytic {r['analytic'] / 1e6:,.1f}, "
                   f"epochs differ by {r['spread']:.1%}), epoch {r['time']:.2f} s of which {r['in_comm']:.2f} s in comm ops "
-                  f"(mean over ranks, waiting included), setup {r['setup_seconds']:.0f} s, "
+                  f"(mean over ranks, waiting included), {r['cpu']:.2f} CPU seconds (all ranks), setup {r['setup_seconds']:.0f} s, "
                   f"losses {', '.join(f'{x:.3f}' for x in r['losses'])}, wall {r['wall_seconds']:.0f} s", flush=True)
         gp = results.get("graph_parallel")
         for name in ("layer_pipeline", "hybrid"):
@@ -241,6 +247,8 @@ def main() -> None:
             ratios.append(
                 f"{layers} layers, graph_parallel / {name}: bytes {gp['measured'] / other['measured']:.2f}x measured "
                 f"({gp['analytic'] / other['analytic']:.2f}x analytic), epoch time {gp['time'] / other['time']:.2f}x, "
+                f"CPU work {gp['cpu'] / other['cpu']:.2f}x (on {cores} cores an epoch takes at least CPU seconds / {cores}: "
+                f"{gp['cpu'] / cores:.2f} s vs {other['cpu'] / cores:.2f} s), "
                 f"test accuracy {gp['scores']['test_acc']:.4f} vs {other['scores']['test_acc']:.4f}"
             )
     print()
@@ -250,7 +258,8 @@ def main() -> None:
     print(f"\n{GNNPIPE}")
     print(f"Epoch time: median of the last {timed} of {args.epochs} training steps on rank 0 (the first epoch is the pipelines' "
           "synchronous pass and everyone's first touch of memory); evaluation and setup not included. In comm ops: seconds inside "
-          "send/recv/all_to_all/all_reduce per epoch, mean over ranks, waiting for peers included.")
+          "send/recv/all_to_all/all_reduce per epoch, mean over ranks, waiting for peers included. CPU seconds: "
+          "process time of the training step summed over ranks (blocked waits cost none): the work an epoch needs, whatever the cores.")
 
 
 if __name__ == "__main__":
