@@ -41,13 +41,15 @@ def _part(data: NodeData, rank: int, world_size: int):
 def _graph_parallel_step(topology, names: tuple[str, ...]) -> dict:
     from strata.runtime.comm import Comm
     from strata.runtime.executors.graph_parallel import GraphParallelExecutor
+    from strata.runtime.part_data import part_data_in_memory
 
     out = {}
     for name in names:
         model = _model(name)
         comm = Comm(topology.rank, topology.world_size)
         data = _data(model.self_loops)
-        executor = GraphParallelExecutor(model, data, _part(data, topology.rank, topology.world_size), comm)
+        part = _part(data, topology.rank, topology.world_size)
+        executor = GraphParallelExecutor(model, part_data_in_memory(data, part), part, comm)
         step = executor.train_step(0, torch.optim.SGD(model.parameters(), lr=0.0))
         out[name] = {
             "loss": step.loss,

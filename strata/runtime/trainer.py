@@ -38,17 +38,19 @@ from strata.runtime import checkpointing
 from strata.runtime.comm import Comm
 from strata.runtime.data import DataConfig, NodeData, load_node_data
 from strata.runtime.executors.base import Executor
-from strata.partitioners import assign, open_partition
+from strata.partitioners import assign
 from strata.partitioners.stages import assign_stages
 from strata.partitioners.config import METHODS as PARTITION_METHODS
 from strata.runtime.executors.graph_parallel import GraphParallelExecutor, global_csc
 from strata.runtime.executors.layer_pipeline import LayerPipelineExecutor, PipelineConfig
 from strata.runtime.executors.pipeline_layout import PipelineLayout, chunks_within_parts
 from strata.runtime.executors.minibatch import DataParallelExecutor, evaluate_full_graph, rank_data
-from strata.runtime.executors.partition import LocalPartition, from_stored_part, local_partition
+from strata.runtime.executors.partition import local_partition
 from strata.runtime.metrics import MetricsConfig, TrainingMetrics
+from strata.runtime.part_data import load_part, part_data_in_memory
 from strata.runtime.topology import Topology, single_process
 from strata.storage import fs
+from strata.storage.store import DatasetStore
 from strata.storage.featstore.config import FeaturesConfig
 
 log = logging.getLogger(__name__)
@@ -189,18 +191,16 @@ def evaluate(model: LayeredModel, data: NodeData) -> dict[str, float]:
 # -- executors -----------------------------------------------------------------------------
 
 
-def graph_partition(cfg: TrainConfig, data: NodeData, data_cfg: DataConfig, comm: Comm, *, self_loops: bool) -> LocalPartition:
-    """This rank's part for graph_parallel: read from the store's partition ``cfg.partition``,
-    or assigned in memory by ``cfg.partitioner`` (rank 0 assigns, every rank gets its answer)."""
+def graph_parallel_executor(
+    cfg: TrainConfig, model: LayeredModel, data: NodeData | None, data_cfg: DataConfig, comm: Comm, topology: Topology
+) -> GraphParallelExecutor:
+    """This rank's part for graph_parallel: read with its share of the data from the store's
+    partition ``cfg.partition`` (``data`` is not needed), or assigned in memory over ``data``
+    by ``cfg.partitioner`` (rank 0 assigns, every rank gets its answer)."""
     if cfg.partition:
-        parts = open_partition(data_cfg.store, cfg.partition)
-        if parts.num_parts != comm.world_size:
-            raise ConfigError(
-                f"train.partition '{cfg.partition}' has {parts.num_parts} parts but this job has {comm.world_size} "
-                f"processes; start {parts.num_parts} processes, or build a partition with "
-                f"'strata partition {data_cfg.store} --parts {comm.world_size} --name NAME'"
-            )
-        return from_stored_part(parts.part(comm.rank), parts.assignment(), comm, self_loops=self_loops)
+        part, share = load_part(data_cfg, cfg.partition, comm, self_loops=model.self_loops)
+        return GraphParallelExecutor(model, share, part, comm, device=topology.device)
+    assert data is not None, "graph_parallel without train.partition cuts the data set in memory"
     indptr, indices = global_csc(data.graph)
     num_nodes = len(indptr) - 1
     if comm.rank == 0:
@@ -208,7 +208,8 @@ def graph_partition(cfg: TrainConfig, data: NodeData, data_cfg: DataConfig, comm
     else:
         parts = torch.empty(num_nodes, dtype=torch.int64)
     assignment = comm.broadcast(parts, 0).numpy()
-    return local_partition(indptr, indices, assignment, comm.rank, num_parts=comm.world_size)
+    part = local_partition(indptr, indices, assignment, comm.rank, num_parts=comm.world_size)
+    return GraphParallelExecutor(model, part_data_in_memory(data, part), part, comm, device=topology.device)
 
 
 def pipeline_executor(
@@ -245,15 +246,14 @@ def pipeline_executor(
 
 
 def build_executor(
-    cfg: TrainConfig, model: LayeredModel, data: NodeData, data_cfg: DataConfig, comm: Comm, topology: Topology,
+    cfg: TrainConfig, model: LayeredModel, data: NodeData | None, data_cfg: DataConfig, comm: Comm, topology: Topology,
     features: FeaturesConfig | None = None,
     pipeline: PipelineConfig | None = None,
 ) -> Executor:
     if cfg.executor == "layer_pipeline":
         return pipeline_executor(cfg, pipeline or PipelineConfig(), model, data, comm, topology)
     if cfg.executor == "graph_parallel":
-        part = graph_partition(cfg, data, data_cfg, comm, self_loops=model.self_loops)
-        return GraphParallelExecutor(model, data, part, comm, device=topology.device)
+        return graph_parallel_executor(cfg, model, data, data_cfg, comm, topology)
     # Each rank samples its part of every global batch from its own share of the training
     # nodes; evaluation sees all of data.
     options = FeatureOptions.of_job(features, data_cfg, model.self_loops)
@@ -330,8 +330,14 @@ def train_node_classifier(
     jsonl = metrics_cfg.jsonl or fs.join(run_dir, "metrics.jsonl")
 
     probe = build_gnn(model_cfg, 1, 1)
-    data = load_node_data(data_cfg, self_loops=probe.self_loops, load_features=features is None or features.mode == "in_memory")
-    model = build_gnn(model_cfg, data.feat.shape[1], data.num_classes).to(topology.device)
+    if cfg.executor == "graph_parallel" and cfg.partition:
+        data = None  # each rank reads its part's share of the store (see load_part)
+        meta = DatasetStore.open(data_cfg.store).meta
+        feat_dim, num_classes = meta.feat_dim, meta.num_classes
+    else:
+        data = load_node_data(data_cfg, self_loops=probe.self_loops, load_features=features is None or features.mode == "in_memory")
+        feat_dim, num_classes = data.feat.shape[1], data.num_classes
+    model = build_gnn(model_cfg, feat_dim, num_classes).to(topology.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     metrics = TrainingMetrics(

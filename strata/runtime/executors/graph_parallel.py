@@ -5,7 +5,9 @@ Before each graph layer it fetches the halo nodes' current inputs from their own
 all_to_all; the backward pass returns the halo gradients the same way), then runs the layer
 on its local block to get its owned nodes' outputs. Blocks carry the global degrees, so with
 dropout off the loss and parameter gradients, all-reduced, equal single-process full-graph
-training up to float rounding.
+training up to float rounding. A rank holds only its share of the data set
+(:class:`strata.runtime.part_data.PartData`: its owned nodes' features and labels, its
+nodes' degrees), read straight from a stored partition or cut from a data set in memory.
 
 Per step and graph layer l whose input has width d_l, the all_to_all volume over all ranks
 is num_halo_total * d_l * bytes forward, and the same again backward when the input needs
@@ -25,10 +27,10 @@ from strata._dgl import dgl
 from strata.errors import ConfigError
 from strata.models import LayeredModel
 from strata.runtime.comm import Comm
-from strata.runtime.data import NodeData
 from strata.runtime.executors.base import StepResult, all_reduce_gradients, broadcast_parameters
 from strata.runtime.executors.halo import exchange_halo
 from strata.runtime.executors.partition import LocalPartition
+from strata.runtime.part_data import PartData
 
 
 def global_csc(graph: object) -> tuple[np.ndarray, np.ndarray]:
@@ -37,24 +39,17 @@ def global_csc(graph: object) -> tuple[np.ndarray, np.ndarray]:
     return indptr.numpy(), indices.numpy()
 
 
-def csc_block(
-    indptr: np.ndarray, indices: np.ndarray, src: np.ndarray, dst: np.ndarray, in_deg: np.ndarray, out_deg: np.ndarray
-) -> object:
-    """A block over the local CSC ``(indptr, indices)`` whose src and dst nodes have the global
-    ids ``src`` and ``dst`` (dst nodes first among the src nodes), carrying global degrees."""
+def csc_block(indptr: np.ndarray, indices: np.ndarray, src_out_deg: np.ndarray, dst_in_deg: np.ndarray) -> object:
+    """A block over the local CSC ``(indptr, indices)`` (dst nodes first among the src nodes)
+    carrying the global out-degree of every src node and in-degree of every dst node."""
     block = dgl.create_block(
         ("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), torch.arange(len(indices)))),
-        num_src_nodes=len(src),
-        num_dst_nodes=len(dst),
+        num_src_nodes=len(src_out_deg),
+        num_dst_nodes=len(dst_in_deg),
     )
-    block.srcdata["out_deg"] = torch.from_numpy(out_deg[src])
-    block.dstdata["in_deg"] = torch.from_numpy(in_deg[dst])
+    block.srcdata["out_deg"] = torch.from_numpy(np.asarray(src_out_deg))
+    block.dstdata["in_deg"] = torch.from_numpy(np.asarray(dst_in_deg))
     return block
-
-
-def local_block(part: LocalPartition, in_deg: np.ndarray, out_deg: np.ndarray) -> object:
-    """The block of ``part``: src = owned then halo nodes, dst = owned nodes, global degrees."""
-    return csc_block(part.indptr, part.indices, np.concatenate([part.owned, part.halo]), part.owned, in_deg, out_deg)
 
 
 class GraphParallelExecutor:
@@ -62,36 +57,31 @@ class GraphParallelExecutor:
 
     name = "graph_parallel"
 
-    def __init__(self, model: LayeredModel, data: NodeData, part: LocalPartition, comm: Comm, *, device: str = "cpu") -> None:
-        num_nodes = data.feat.shape[0]
+    def __init__(self, model: LayeredModel, data: PartData, part: LocalPartition, comm: Comm, *, device: str = "cpu") -> None:
         if part.num_parts != comm.world_size or part.rank != comm.rank:
             raise ConfigError(
                 f"rank {comm.rank} of {comm.world_size} got part {part.rank} of {part.num_parts}: "
                 "graph_parallel needs one part per process"
             )
-        if len(data.splits["train"]) == 0:
+        if data.split_sizes.get("train", 0) == 0:
             raise ConfigError("graph_parallel: the data set has no training nodes")
+        if data.feat.shape[0] != part.num_owned or len(data.out_deg) != part.num_owned + part.num_halo:
+            raise ConfigError(
+                f"graph_parallel: rank {comm.rank} owns {part.num_owned} nodes with {part.num_halo} halo nodes, but its "
+                f"data has {data.feat.shape[0]} feature rows and {len(data.out_deg)} degrees"
+            )
         self.model = model.to(device)
         self.comm = comm
         self.device = device
         self.part = part
-        # Degrees of the whole graph as the model sees it (self loops included).
-        in_deg = data.graph.in_degrees().numpy()  # type: ignore[attr-defined]
-        out_deg = data.graph.out_degrees().numpy()  # type: ignore[attr-defined]
-        self.block = local_block(part, in_deg, out_deg).to(device)
+        self.block = csc_block(part.indptr, part.indices, data.out_deg, data.in_deg).to(device)
         self.send_index = torch.from_numpy(self.part.send_index).to(device)
-        owned = torch.from_numpy(self.part.owned)
-        self.x = data.feat[owned].to(device)  # (num_owned, feat_dim)
+        self.x = data.feat.to(device)  # (num_owned, feat_dim)
         with torch.no_grad():
             self.x_with_halo = exchange_halo(self.x, self.send_index, self.part, comm)
-        self.label = data.label[owned].to(device)
-        is_owned = torch.zeros(num_nodes, dtype=torch.bool)
-        is_owned[owned] = True
-        to_local = torch.full((num_nodes,), -1, dtype=torch.int64)
-        to_local[owned] = torch.arange(len(owned))
-        # Split members this rank owns, as local ids.
-        self.splits = {name: to_local[ids[is_owned[ids]]].to(device) for name, ids in data.splits.items()}
-        self.split_sizes = {name: len(ids) for name, ids in data.splits.items()}
+        self.label = data.label.to(device)
+        self.splits = {name: ids.to(device) for name, ids in data.splits.items()}
+        self.split_sizes = dict(data.split_sizes)
         broadcast_parameters(self.model, comm)
 
     def forward(self) -> Tensor:

@@ -253,7 +253,7 @@ class LayerPipelineExecutor:
             def dev(a: np.ndarray) -> Tensor:
                 return torch.from_numpy(a).to(device)
 
-            block = csc_block(plan.indptr, plan.indices, plan.src, plan.dst, in_deg, out_deg).to(device)
+            block = csc_block(plan.indptr, plan.indices, out_deg[plan.src], in_deg[plan.dst]).to(device)
             train = dev(np.flatnonzero(train_mask[plan.dst]))
             return _Unit(plan, block, train, dev(plan.dst), dev(plan.dst_rows), dev(plan.recv_rows), dev(plan.stale_rows), dev(plan.send_pos))
 
