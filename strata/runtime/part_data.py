@@ -77,7 +77,7 @@ def part_data_in_memory(data: NodeData, part: LocalPartition) -> PartData:
     )
 
 
-def graph_degrees(store: DatasetStore, *, self_loops: bool, chunk_edges: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+def graph_degrees(store: DatasetStore, *, self_loops: bool, chunk_edges: int = 1 << 20) -> tuple[np.ndarray, np.ndarray]:
     """(in-degrees, out-degrees) of every node of the store's graph as the model sees it: with
     ``self_loops``, existing self loops dropped and one added per node (as
     :func:`strata.runtime.data.to_dgl` builds it). Walks the edges ``chunk_edges`` at a time."""
@@ -100,7 +100,7 @@ def graph_degrees(store: DatasetStore, *, self_loops: bool, chunk_edges: int = 1
 
 
 def load_part(
-    data_cfg: DataConfig, partition: str, comm: Comm, *, self_loops: bool, read_bytes: int = 32 << 20
+    data_cfg: DataConfig, partition: str, comm: Comm, *, self_loops: bool, read_bytes: int = 8 << 20
 ) -> tuple[LocalPartition, PartData]:
     """This rank's part of the stored partition ``partition`` and its share of the data set,
     read without loading the whole graph or feature matrix. ``read_bytes`` bounds each read of
