@@ -51,6 +51,7 @@ from strata.storage import fs
 log = logging.getLogger(__name__)
 
 ENGINES = ("ddp", "deepspeed")
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass
@@ -102,6 +103,10 @@ class DiffusionTrainConfig:
     each batch's rows through a cache of decoded chunks, for sets larger than memory."""
     image_cache_mb: int = 256
     """images_in_memory=false: megabytes of decoded image chunks each process keeps."""
+    precision: str = "auto"
+    """'auto' (bf16 where the device supports it, i.e. CUDA GPUs with bfloat16; fp32 on CPU),
+    'fp32', or 'bf16' (forward passes autocast to bfloat16 on any device, CPU included; weights,
+    gradients and optimizer state stay fp32). The pipeline executor runs in fp32."""
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
@@ -126,6 +131,10 @@ class DiffusionTrainConfig:
             raise ConfigError("diffusion.sample_per_class, sample_steps and pipeline_chunks must be at least 1")
         if self.image_cache_mb < 0:
             raise ConfigError(f"diffusion.image_cache_mb must be >= 0, got {self.image_cache_mb}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"diffusion.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.precision == "bf16" and self.executor == "pipeline":
+            raise ConfigError("diffusion.precision=bf16 is not supported by the pipeline executor (its stage messages are fp32); use auto or fp32")
         if self.executor == "experts" and not self.images_in_memory:
             raise ConfigError("diffusion.images_in_memory=false is for data_parallel and pipeline; experts cluster the whole set in memory")
 
@@ -191,19 +200,29 @@ def batch_rows(cfg: DiffusionTrainConfig, comm: Comm) -> slice:
     return rank_rows(cfg.batch_size, cfg.grad_accum, comm.rank, comm.world_size)
 
 
+def uses_bf16(cfg: DiffusionTrainConfig, device: str) -> bool:
+    """Whether training on ``device`` runs its forward passes in bfloat16, per ``cfg.precision``."""
+    if cfg.precision == "auto":
+        return cfg.executor != "pipeline" and device.startswith("cuda") and torch.cuda.is_bf16_supported()
+    return cfg.precision == "bf16"
+
+
 def build_engine(cfg: DiffusionTrainConfig, model: nn.Module, schedule: NoiseSchedule, comm: Comm, device: str) -> DiffusionEngine:
     rows = batch_rows(cfg, comm)
     if cfg.executor == "pipeline":
         from strata.runtime.executors.block_pipeline import BlockPipelineEngine
 
         return BlockPipelineEngine(model, schedule, comm, cfg.optimizer, chunks=cfg.pipeline_chunks, schedule_name=cfg.pipeline_schedule)
+    bf16 = uses_bf16(cfg, device)
     if cfg.engine == "deepspeed":
+        if bf16 and not device.startswith("cuda"):
+            raise ConfigError("diffusion.precision=bf16 with engine=deepspeed needs a CUDA device here; use engine=ddp for bf16 on CPU")
         micro = (rows.stop - rows.start) // cfg.grad_accum
         return DeepSpeedEngine(
             model, schedule, comm, cfg.optimizer, zero_stage=cfg.zero_stage, micro_batch=micro, accum=cfg.grad_accum,
-            device=device,
+            device=device, bf16=bf16,
         )
-    return DataParallelEngine(model, schedule, comm, cfg.optimizer)
+    return DataParallelEngine(model, schedule, comm, cfg.optimizer, bf16=bf16, device=device)
 
 
 @torch.no_grad()

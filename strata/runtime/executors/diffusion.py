@@ -11,7 +11,8 @@ would have made.
 Two engines do the arithmetic of a step:
 
 - ``ddp``: our own all-reduce of the flattened gradients through the counted :class:`Comm`
-  (DDP's arithmetic, as in the GNN minibatch executor);
+  (DDP's arithmetic, as in the GNN minibatch executor), with forward passes optionally
+  autocast to bfloat16 (fp32 weights, gradients and optimizer state);
 - ``deepspeed``: DeepSpeed's ZeRO stage 1 or 2 (optimizer state, and at stage 2 gradients,
   partitioned over the ranks), configured from ours. Its traffic is read from DeepSpeed's
   comms logger and reported under ``deepspeed_<op>``.
@@ -157,8 +158,11 @@ class DataParallelEngine:
 
     name = "ddp"
 
-    def __init__(self, model: nn.Module, schedule: NoiseSchedule, comm: Comm, opt: OptimizerConfig) -> None:
+    def __init__(
+        self, model: nn.Module, schedule: NoiseSchedule, comm: Comm, opt: OptimizerConfig, *, bf16: bool = False, device: str = "cpu"
+    ) -> None:
         self.module, self.schedule, self.comm, self.opt = model, schedule, comm, opt
+        self.bf16, self.device_type = bf16, torch.device(device).type
         broadcast_parameters(model, comm)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
         self.steps = 0
@@ -170,7 +174,8 @@ class DataParallelEngine:
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for batch in micro_batches:
-            loss = diffusion_loss(self.module, self.schedule, batch)
+            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = diffusion_loss(self.module, self.schedule, batch).float()
             (loss / len(micro_batches)).backward()
             total += float(loss.detach())
         all_reduce_gradients(self.module.parameters(), self.comm, average=True)
@@ -200,7 +205,7 @@ class DeepSpeedEngine:
 
     def __init__(
         self, model: nn.Module, schedule: NoiseSchedule, comm: Comm, opt: OptimizerConfig, *,
-        zero_stage: int, micro_batch: int, accum: int, device: str,
+        zero_stage: int, micro_batch: int, accum: int, device: str, bf16: bool = False,
     ) -> None:
         import os
 
@@ -215,7 +220,6 @@ class DeepSpeedEngine:
         self._own_group = not dist.is_initialized()
         if self._own_group:
             dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-        bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
         self.config = deepspeed_config(
             zero_stage=zero_stage, micro_batch=micro_batch, accum=accum, world_size=comm.world_size,
             grad_clip=opt.grad_clip, bf16=bf16,
