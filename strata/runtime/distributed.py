@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -68,10 +69,11 @@ def process_group(topology: Topology, *, timeout_seconds: float = 600.0) -> Iter
     if topology.device.startswith("cuda"):
         torch.cuda.set_device(torch.device(topology.device))
     timeout = timedelta(seconds=timeout_seconds)
+    store = _store(topology, timeout)
     try:
         dist.init_process_group(
             backend=topology.backend,
-            store=_store(topology, timeout),
+            store=store,
             rank=topology.rank,
             world_size=topology.world_size,
             timeout=timeout,
@@ -86,7 +88,32 @@ def process_group(topology: Topology, *, timeout_seconds: float = 600.0) -> Iter
         "rank %d/%d joined the %s process group at %s:%d (%s)",
         topology.rank, topology.world_size, topology.backend, topology.master_addr, topology.master_port, topology.launcher,
     )
+    finished = False
     try:
         yield
+        finished = True
     finally:
         dist.destroy_process_group()
+        if finished:
+            _check_out(store, topology)
+
+
+def _check_out(store: dist.Store, topology: Topology, wait_seconds: float = 30.0) -> None:
+    """Leave in an order that keeps the rendezvous store up while anyone uses it.
+
+    Without torchrun's agent, rank 0's process hosts the TCPStore the others are connected to,
+    and tearing it down under a peer still leaving its group can abort a process. So every
+    other rank checks out through the store, and rank 0 waits (at most ``wait_seconds``) until
+    all have before it exits. Under torchrun the agent hosts the store: nothing to wait for.
+    """
+    if topology.agent_store:
+        return
+    if topology.rank != 0:
+        store.add("checked-out", 1)
+        return
+    deadline = time.monotonic() + wait_seconds
+    while store.add("checked-out", 0) < topology.world_size - 1:
+        if time.monotonic() > deadline:
+            log.warning("rank 0 leaves before every rank checked out of the rendezvous store (waited %gs)", wait_seconds)
+            return
+        time.sleep(0.005)
