@@ -23,11 +23,11 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from torchrun_job import run_worker
 
 
 def _peak_mb() -> float:
@@ -75,13 +75,7 @@ def worker(spec: dict) -> None:
 def _launch(spec: dict, procs: int, port: int, workdir: Path) -> list[dict]:
     spec_path = workdir / f"{spec['way']}.json"
     spec_path.write_text(json.dumps(spec))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1",
-        "--master-port", str(port), str(Path(__file__).resolve()), "--worker", str(spec_path),
-    ]
-    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"{spec['way']} failed:\n{proc.stderr[-4000:]}")
+    run_worker(__file__, spec_path, procs, port, workdir, spec["way"])
     return [json.loads((workdir / f"{spec['way']}-{rank}.json").read_text()) for rank in range(procs)]
 
 

@@ -37,11 +37,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from torchrun_job import run_worker
 
 OPS = ("send", "all_to_all", "all_reduce", "broadcast", "all_gather")
 CONFIGS = {
@@ -143,15 +143,8 @@ def _launch(spec: dict, procs: int, port: int, workdir: Path) -> dict:
     spec_path = workdir / f"{spec['config']}-{spec['layers']}.json"
     spec["out"] = str(workdir / f"{spec['config']}-{spec['layers']}.result.json")
     spec_path.write_text(json.dumps(spec))
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1",
-        "--master-port", str(port), str(Path(__file__).resolve()), "--worker", str(spec_path),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DGLBACKEND": "pytorch"}
     started = time.perf_counter()
-    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise SystemExit(f"{spec['config']} at {spec['layers']} layers failed:\n{proc.stderr[-4000:]}")
+    run_worker(__file__, spec_path, procs, port, workdir, f"{spec['config']} at {spec['layers']} layers")
     result = json.loads(Path(spec["out"]).read_text())
     result["wall_seconds"] = time.perf_counter() - started
     return result

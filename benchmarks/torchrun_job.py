@@ -1,4 +1,4 @@
-"""Running one `strata train` job under torchrun for the benchmarks, and reading its result."""
+"""Running benchmark work under torchrun: a `strata train` job, or a benchmark's own worker."""
 
 from __future__ import annotations
 
@@ -24,3 +24,16 @@ def run_training(workdir: Path, config: Path, procs: int, port: int, overrides: 
     result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     result["wall_seconds"] = time.perf_counter() - started
     return result
+
+
+def run_worker(script: str, spec: Path, procs: int, port: int, workdir: Path, what: str) -> None:
+    """``script --worker SPEC`` on ``procs`` local processes (one BLAS thread each); on failure,
+    exits naming ``what`` with the end of the workers' stderr."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(procs), "--master-addr", "127.0.0.1",
+        "--master-port", str(port), str(Path(script).resolve()), "--worker", str(spec),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DGLBACKEND": "pytorch"}
+    proc = subprocess.run(command, cwd=workdir, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-4000:]}")
