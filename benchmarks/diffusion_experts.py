@@ -59,21 +59,20 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from strata.models.diffusion.config import DiffusionModelConfig, NoiseConfig
-    from strata.runtime.comm import Comm
-    from strata.runtime.data import DataConfig
-    from strata.runtime.diffusion_loading import read_manifest, write_manifest
-    from strata.runtime.diffusion_trainer import DiffusionTrainConfig, train_diffusion
-    from strata.runtime.experts import (
+    from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
+    from strata.runtime.diffusion.config import DiffusionTrainConfig, ExpertsConfig
+    from strata.runtime.diffusion.experts import (
         ExpertPaths,
-        ExpertsConfig,
         read_clusters,
         train_experts,
         train_router,
     )
-    from strata.runtime.generate import SampleConfig, sample
-    from strata.runtime.image_data import load_image_data
-    from strata.runtime.metrics import MetricsConfig, TrainingMetrics
-    from strata.runtime.trainer import CheckpointConfig
+    from strata.runtime.diffusion.generate import SampleConfig, sample
+    from strata.runtime.diffusion.image_data import load_image_data
+    from strata.runtime.diffusion.model_loading import read_manifest, write_manifest
+    from strata.runtime.diffusion.trainer import train_diffusion
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.metrics import TrainingMetrics
     from strata.storage import fs
     from strata.storage.ingest.images import ingest_digits
 

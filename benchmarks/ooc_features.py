@@ -203,7 +203,12 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
     from strata.storage.featstore.config import FeaturesConfig
     from strata.storage.featstore.loader import CachedLoader, open_packed
     from strata.storage.featstore.prefetch import prefetched
-    from strata.storage.featstore.sampling import EpochPlan, NeighbourSampler, SamplerConfig, sample_step
+    from strata.storage.featstore.sampling import (
+        EpochPlan,
+        NeighbourSampler,
+        SamplerConfig,
+        sample_step,
+    )
     from strata.storage.store import DatasetStore
 
     method = args.child

@@ -37,11 +37,12 @@ def _peak_mb() -> float:
 def worker(spec: dict) -> None:
     import torch
 
-    from strata.runtime.comm import Comm
-    from strata.runtime.data import DataConfig, load_node_data
-    from strata.runtime.distributed import process_group
-    from strata.runtime.part_data import load_part, part_data_in_memory
-    from strata.runtime.topology import topology_from_env
+    from strata.runtime.config import DataConfig
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.dist.process_group import process_group
+    from strata.runtime.dist.topology import topology_from_env
+    from strata.runtime.gnn.data import load_node_data
+    from strata.runtime.gnn.part_data import load_part, part_data_in_memory
 
     torch.set_num_threads(1)
     topology = topology_from_env(os.environ)
@@ -53,8 +54,8 @@ def worker(spec: dict) -> None:
         if spec["way"] == "share":
             part, share = load_part(data_cfg, spec["partition"], comm, self_loops=True)
         else:
-            from strata.partitioners import open_partition
-            from strata.runtime.executors.partition import from_stored_part
+            from strata.partitioners.format import open_partition
+            from strata.runtime.gnn.executors.partition import from_stored_part
 
             data = load_node_data(data_cfg, self_loops=True)
             parts = open_partition(spec["store"], spec["partition"])
@@ -92,7 +93,8 @@ def main() -> None:
         worker(json.loads(Path(args.worker).read_text()))
         return
 
-    from strata.partitioners import PartitionConfig, partition_store
+    from strata.partitioners.build import partition_store
+    from strata.partitioners.config import PartitionConfig
     from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="strata-part-loading-"))

@@ -68,13 +68,15 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> list[float]:
 def worker(spec: dict) -> None:
     import torch
 
-    from strata.models import ModelConfig, build_gnn
-    from strata.runtime.comm import Comm
-    from strata.runtime.data import DataConfig, load_node_data
-    from strata.runtime.distributed import process_group
-    from strata.runtime.executors.layer_pipeline import PipelineConfig
-    from strata.runtime.topology import topology_from_env
-    from strata.runtime.trainer import TrainConfig, build_executor
+    from strata.models.config import ModelConfig
+    from strata.models.gnn import build_gnn
+    from strata.runtime.config import DataConfig
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.dist.process_group import process_group
+    from strata.runtime.dist.topology import topology_from_env
+    from strata.runtime.gnn.config import PipelineConfig, TrainConfig
+    from strata.runtime.gnn.data import load_node_data
+    from strata.runtime.gnn.trainer import build_executor
 
     torch.set_num_threads(1)
     topology = topology_from_env(os.environ)
@@ -174,7 +176,9 @@ def main() -> None:
         worker(json.loads(Path(args.worker).read_text()))
         return
 
-    from strata.partitioners import PartitionConfig, open_partition, partition_store
+    from strata.partitioners.build import partition_store
+    from strata.partitioners.config import PartitionConfig
+    from strata.partitioners.format import open_partition
     from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
 
     procs, stages_hybrid = 4, 2

@@ -43,7 +43,8 @@ def _run(workdir: Path, store: str, executor: str, procs: int, port: int, partit
 
 def partition(store: str, procs: int) -> str:
     """Cut the store into ``procs`` parts with METIS (as 'strata partition' does); its name."""
-    from strata.partitioners import PartitionConfig, partition_store
+    from strata.partitioners.build import partition_store
+    from strata.partitioners.config import PartitionConfig
 
     cfg = PartitionConfig(method="metis", num_parts=procs, name=f"metis-{procs}", overwrite=True)
     partition_store(store, cfg)
@@ -58,7 +59,7 @@ def predicted_all_to_all(store: str, name: str, result: dict) -> tuple[int, int]
     graph layer after the first, forward and backward; each evaluation (one per epoch, one
     at the end) forward only.
     """
-    from strata.partitioners import open_partition
+    from strata.partitioners.format import open_partition
     from strata.storage.store import DatasetStore
 
     parts = open_partition(store, name)

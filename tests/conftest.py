@@ -57,7 +57,7 @@ def random_node_data(
     """A NodeData (DGL graph, features, labels, splits) over ``random_graph``, for executor tests."""
     import torch
 
-    from strata.runtime.data import NodeData, to_dgl
+    from strata.runtime.gnn.data import NodeData, to_dgl
     from strata.storage.ingest.common import edges_to_csc
 
     g = random_graph(num_nodes, num_edges, feat_dim=feat_dim, num_classes=num_classes, seed=seed)

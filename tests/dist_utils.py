@@ -36,8 +36,8 @@ def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
 
 
 def _entry(rank: int, fn: Callable[..., Any], world_size: int, port: int, out: str, args: tuple) -> None:
-    from strata.runtime.distributed import process_group
-    from strata.runtime.topology import topology_from_env
+    from strata.runtime.dist.process_group import process_group
+    from strata.runtime.dist.topology import topology_from_env
 
     torch.set_num_threads(1)
     topology = topology_from_env(worker_env(rank, world_size, port))

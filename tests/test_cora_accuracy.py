@@ -14,7 +14,7 @@ from statistics import mean
 import pytest
 
 from strata.launch.job import load_job
-from strata.runtime.trainer import train_node_classifier
+from strata.runtime.gnn.trainer import train_node_classifier
 from tests.conftest import REPO
 
 

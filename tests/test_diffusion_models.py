@@ -8,17 +8,19 @@ import pytest
 import torch
 
 from strata.errors import ConfigError
-from strata.models.diffusion import (
+from strata.models.diffusion.config import (
     DiffusionModelConfig,
     NoiseConfig,
-    NoiseSchedule,
     build_diffusion,
+)
+from strata.models.diffusion.layered import run_layers
+from strata.models.diffusion.sampling import (
     ddim_sample,
+    ddim_timesteps,
     ddpm_sample,
     guided_prediction,
-    run_layers,
 )
-from strata.models.diffusion.sampling import ddim_timesteps
+from strata.models.diffusion.schedule import NoiseSchedule
 
 ARCHS = ["dit", "unet"]
 

@@ -13,9 +13,10 @@ from torch import nn
 from strata.errors import ConfigError
 from strata.models.diffusion.config import build_diffusion
 from strata.models.diffusion.schedule import NoiseSchedule
-from strata.runtime.comm import Comm
-from strata.runtime.diffusion_trainer import DiffusionTrainConfig, build_engine, uses_bf16
-from strata.runtime.executors.diffusion import DataParallelEngine, global_batch
+from strata.runtime.diffusion.config import DiffusionTrainConfig
+from strata.runtime.diffusion.engines import DataParallelEngine, global_batch
+from strata.runtime.diffusion.trainer import build_engine, uses_bf16
+from strata.runtime.dist.comm import Comm
 from tests.dist_utils import run_workers
 from tests.test_diffusion_training import MODEL, NOISE, TRAIN, tiny_images, train
 

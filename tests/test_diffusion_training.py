@@ -18,12 +18,13 @@ import torch
 
 from strata.errors import ConfigError
 from strata.models.diffusion.config import DiffusionModelConfig, NoiseConfig
-from strata.runtime.comm import Comm
-from strata.runtime.diffusion_trainer import DiffusionTrainConfig, fit
-from strata.runtime.executors.diffusion import global_batch
-from strata.runtime.image_data import ImageData
-from strata.runtime.metrics import MetricsConfig, TrainingMetrics
-from strata.runtime.trainer import CheckpointConfig
+from strata.runtime.config import CheckpointConfig, MetricsConfig
+from strata.runtime.diffusion.config import DiffusionTrainConfig
+from strata.runtime.diffusion.engines import global_batch
+from strata.runtime.diffusion.image_data import ImageData
+from strata.runtime.diffusion.trainer import fit
+from strata.runtime.dist.comm import Comm
+from strata.runtime.metrics import TrainingMetrics
 from strata.storage import checkpoint
 from tests.dist_utils import run_workers
 
@@ -117,7 +118,7 @@ def test_two_stage_pipeline_gives_the_single_process_loss(tmp_path: Path, single
 def test_gradient_accumulation_computes_the_whole_batch_gradient() -> None:
     from strata.models.diffusion.config import build_diffusion
     from strata.models.diffusion.schedule import NoiseSchedule
-    from strata.runtime.executors.diffusion import DataParallelEngine
+    from strata.runtime.diffusion.engines import DataParallelEngine
 
     batch = global_batch(tiny_images(), 0, batch_size=16, seed=0, timesteps=100, null_label=4, label_dropout=0.2)
     grads, losses = [], []
@@ -138,7 +139,7 @@ def test_deepspeed_with_accumulation_on_two_ranks_reaches_the_single_process_par
 
 
 def test_batch_that_does_not_split_over_ranks_is_a_config_error(tmp_path: Path) -> None:
-    from strata.runtime.executors.diffusion import rank_rows
+    from strata.runtime.diffusion.engines import rank_rows
 
     with pytest.raises(ConfigError, match="split evenly over 3 processes"):
         rank_rows(16, 1, 0, 3)

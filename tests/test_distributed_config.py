@@ -8,9 +8,10 @@ import pytest
 
 from strata.errors import ConfigError
 from strata.launch.job import load_job
-from strata.runtime.distributed import DistributedConfig
-from strata.runtime.topology import topology_from_env
-from strata.runtime.trainer import TrainConfig, _check_world
+from strata.runtime.dist.config import DistributedConfig
+from strata.runtime.dist.topology import topology_from_env
+from strata.runtime.gnn.config import TrainConfig
+from strata.runtime.gnn.trainer import _check_world
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ SAGE = [
 
 
 def _accuracies(topology, store: str, run_root: str, overrides: list[str]) -> list[float]:
-    from strata.runtime.trainer import train_node_classifier
+    from strata.runtime.gnn.trainer import train_node_classifier
 
     accuracies = []
     for seed in SEEDS:
@@ -41,7 +41,7 @@ def _accuracies(topology, store: str, run_root: str, overrides: list[str]) -> li
 
 
 def _single(store: str, run_root: str, overrides: list[str]) -> float:
-    from strata.runtime.topology import single_process
+    from strata.runtime.dist.topology import single_process
 
     return mean(_accuracies(single_process(), store, run_root, overrides))
 

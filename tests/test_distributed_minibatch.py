@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from strata.models import ModelConfig, build_gnn
-from strata.runtime.data import NodeData
-from strata.runtime.executors.minibatch import balanced_share
+from strata.models.config import ModelConfig
+from strata.models.gnn import build_gnn
+from strata.runtime.gnn.data import NodeData
+from strata.runtime.gnn.executors.minibatch import balanced_share
 from tests.conftest import random_node_data
 from tests.dist_utils import run_workers
 
@@ -25,10 +26,14 @@ def _ddp_steps(topology, names: tuple[str, ...]) -> dict:
 
 
 def _ddp_steps_of(topology, name: str) -> dict:
-    from strata.runtime.batches import make_batches
-    from strata.runtime.comm import Comm
-    from strata.runtime.executors.minibatch import DataParallelExecutor, evaluate_full_graph, rank_data
-    from strata.runtime.trainer import TrainConfig
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.gnn.batches import make_batches
+    from strata.runtime.gnn.config import TrainConfig
+    from strata.runtime.gnn.executors.minibatch import (
+        DataParallelExecutor,
+        evaluate_full_graph,
+        rank_data,
+    )
 
     # Each rank starts from different parameters: the executor must broadcast rank 0's.
     torch.manual_seed(topology.rank)

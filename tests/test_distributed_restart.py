@@ -97,10 +97,10 @@ def test_sigkill_of_one_worker_resumes_and_ends_like_an_uninterrupted_run(tmp_pa
 
 def _resume_two_ranks(topology, store: str, run_dir: str) -> str:
     from strata.errors import CheckpointError
-    from strata.models import ModelConfig
-    from strata.runtime.data import DataConfig
-    from strata.runtime.metrics import MetricsConfig
-    from strata.runtime.trainer import CheckpointConfig, TrainConfig, train_node_classifier
+    from strata.models.config import ModelConfig
+    from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
+    from strata.runtime.gnn.config import TrainConfig
+    from strata.runtime.gnn.trainer import train_node_classifier
 
     try:
         train_node_classifier(
@@ -113,10 +113,10 @@ def _resume_two_ranks(topology, store: str, run_dir: str) -> str:
 
 
 def test_resume_at_another_world_size_is_refused(tmp_path: Path, store: str) -> None:
-    from strata.models import ModelConfig
-    from strata.runtime.data import DataConfig
-    from strata.runtime.metrics import MetricsConfig
-    from strata.runtime.trainer import CheckpointConfig, TrainConfig, train_node_classifier
+    from strata.models.config import ModelConfig
+    from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
+    from strata.runtime.gnn.config import TrainConfig
+    from strata.runtime.gnn.trainer import train_node_classifier
     from tests.dist_utils import run_workers
 
     run_dir = str(tmp_path / "run")

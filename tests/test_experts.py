@@ -20,27 +20,26 @@ from strata.models.diffusion.config import (
 )
 from strata.models.diffusion.router import ExpertMixture, Router
 from strata.models.diffusion.schedule import NoiseSchedule
-from strata.runtime.comm import Comm
-from strata.runtime.data import DataConfig
-from strata.runtime.diffusion_loading import (
-    load_expert_set,
-    load_router,
-    read_manifest,
-    write_manifest,
-)
-from strata.runtime.diffusion_trainer import DiffusionTrainConfig, fit
-from strata.runtime.experts import (
+from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
+from strata.runtime.diffusion.config import DiffusionTrainConfig, ExpertsConfig
+from strata.runtime.diffusion.experts import (
     ExpertPaths,
-    ExpertsConfig,
     expert_layout,
     read_clusters,
     router_accuracy,
     subset,
     train_experts,
 )
-from strata.runtime.image_data import load_image_data
-from strata.runtime.metrics import MetricsConfig, TrainingMetrics
-from strata.runtime.trainer import CheckpointConfig
+from strata.runtime.diffusion.image_data import load_image_data
+from strata.runtime.diffusion.model_loading import (
+    load_expert_set,
+    load_router,
+    read_manifest,
+    write_manifest,
+)
+from strata.runtime.diffusion.trainer import fit
+from strata.runtime.dist.comm import Comm
+from strata.runtime.metrics import TrainingMetrics
 from strata.storage import checkpoint
 from tests.conftest import run_strata
 from tests.dist_utils import run_workers
@@ -332,7 +331,7 @@ def _pipeline_run(topology, store: str, run_dir: str) -> None:
 def test_a_pipeline_checkpoint_is_sampled_with_each_layer_from_the_stage_that_trained_it(digits: str, tmp_path: Path) -> None:
     """Each stage averages only its own layers; the others stay at their initial weights in
     its shard, so a loader reading one shard would sample from a half-trained model."""
-    from strata.runtime.diffusion_loading import load_ema_model
+    from strata.runtime.diffusion.model_loading import load_ema_model
 
     run_dir = str(tmp_path / "pipe")
     run_workers(_pipeline_run, 2, digits, run_dir)

@@ -16,7 +16,13 @@ from strata.storage.featstore.config import FeaturesConfig
 from strata.storage.featstore.loader import open_packed
 from strata.storage.featstore.prefetch import FeatureLoadError, prefetched
 from strata.storage.featstore.reader import PackReader
-from strata.storage.featstore.sampling import EpochPlan, NeighbourSampler, SamplerConfig, sample_step, sampling_csc
+from strata.storage.featstore.sampling import (
+    EpochPlan,
+    NeighbourSampler,
+    SamplerConfig,
+    sample_step,
+    sampling_csc,
+)
 from strata.storage.featstore.writer import Packer, pack
 from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
 from strata.storage.store import DatasetStore
@@ -91,7 +97,7 @@ def test_sampler_draws_neighbours_uniformly() -> None:
 
 
 def test_sampling_csc_matches_dgl_self_loops() -> None:
-    from strata.runtime.data import to_dgl
+    from strata.runtime.gnn.data import to_dgl
     from strata.storage.featstore.sampling import graph_csc
 
     rng = np.random.default_rng(1)

@@ -8,17 +8,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strata.models import ModelConfig, build_gnn
+from strata.models.config import ModelConfig
+from strata.models.gnn import build_gnn
+from strata.runtime.config import DataConfig
+from strata.runtime.gnn.batches import FeatureOptions, StoreBatches, make_batches
+from strata.runtime.gnn.config import TrainConfig
+from strata.runtime.gnn.data import load_node_data
 from strata.storage import fs
-from strata.runtime.batches import FeatureOptions, StoreBatches, make_batches
-from strata.runtime.data import DataConfig, load_node_data
-from strata.runtime.trainer import TrainConfig
 from strata.storage.featstore.config import FeaturesConfig
 from strata.storage.featstore.sampling import SamplerConfig
 from strata.storage.featstore.writer import pack
 from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
 from strata.storage.store import DatasetStore
-
 from tests.conftest import run_strata
 
 
@@ -124,7 +125,7 @@ def test_cli_pack_then_train_packed_matches_in_memory(tmp_path) -> None:
 
 def test_cli_packs_one_share_per_rank_where_each_rank_finds_it(tmp_path, capsys) -> None:
     from strata.launch.cli import main
-    from strata.runtime.executors.minibatch import balanced_share
+    from strata.runtime.gnn.executors.minibatch import balanced_share
     from strata.storage.featstore.loader import open_packed
 
     store = _write(str(tmp_path / "syn"))

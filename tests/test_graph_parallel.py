@@ -7,9 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strata.models import ModelConfig, build_gnn
-from strata.runtime.data import NodeData
-from strata.runtime.executors.partition import local_partition
+from strata.models.config import ModelConfig
+from strata.models.gnn import build_gnn
+from strata.runtime.gnn.data import NodeData
+from strata.runtime.gnn.executors.partition import local_partition
 from tests.conftest import random_graph, random_node_data
 from tests.dist_utils import run_workers
 
@@ -39,9 +40,9 @@ def _part(data: NodeData, rank: int, world_size: int):
 
 
 def _graph_parallel_step(topology, names: tuple[str, ...]) -> dict:
-    from strata.runtime.comm import Comm
-    from strata.runtime.executors.graph_parallel import GraphParallelExecutor
-    from strata.runtime.part_data import part_data_in_memory
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.gnn.executors.graph_parallel import GraphParallelExecutor
+    from strata.runtime.gnn.part_data import part_data_in_memory
 
     out = {}
     for name in names:
@@ -106,11 +107,12 @@ def test_local_partitions_agree_on_who_sends_what() -> None:
 
 
 def _stored_and_in_memory(topology, store: str, name: str) -> dict:
-    from strata.partitioners import open_partition
-    from strata.runtime.comm import Comm
-    from strata.runtime.data import DataConfig, load_node_data
-    from strata.runtime.executors.graph_parallel import global_csc
-    from strata.runtime.executors.partition import from_stored_part
+    from strata.partitioners.format import open_partition
+    from strata.runtime.config import DataConfig
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.gnn.data import load_node_data
+    from strata.runtime.gnn.executors.graph_parallel import global_csc
+    from strata.runtime.gnn.executors.partition import from_stored_part
 
     comm = Comm(topology.rank, topology.world_size)
     out = {}

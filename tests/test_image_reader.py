@@ -12,11 +12,10 @@ import torch
 
 from strata.errors import ConfigError, StoreError
 from strata.models.diffusion.config import DiffusionModelConfig, NoiseConfig
-from strata.runtime.data import DataConfig
-from strata.runtime.diffusion_trainer import DiffusionTrainConfig, train_diffusion
-from strata.runtime.image_data import load_image_data
-from strata.runtime.metrics import MetricsConfig
-from strata.runtime.trainer import CheckpointConfig
+from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
+from strata.runtime.diffusion.config import DiffusionTrainConfig
+from strata.runtime.diffusion.image_data import load_image_data
+from strata.runtime.diffusion.trainer import train_diffusion
 from strata.storage import layout
 from strata.storage.ingest.images import image_meta
 from strata.storage.store import DatasetWriter
@@ -75,7 +74,7 @@ def _train(store: str, run_dir: str, in_memory: bool) -> dict[str, torch.Tensor]
         DataConfig(store=store), model, NoiseConfig(timesteps=50), cfg, CheckpointConfig(), MetricsConfig(),
         run_dir=run_dir, progress=False,
     )
-    from strata.runtime.diffusion_loading import load_ema_model
+    from strata.runtime.diffusion.model_loading import load_ema_model
 
     return load_ema_model(str(Path(run_dir) / "checkpoints")).model.state_dict()
 

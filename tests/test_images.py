@@ -11,10 +11,13 @@ import pytest
 import torch
 
 from strata.errors import IngestError, StoreError
-from strata.runtime.image_data import load_image_data
+from strata.runtime.diffusion.image_data import load_image_data
 from strata.storage import fs, layout
 from strata.storage.ingest.images import ingest_digits, ingest_images, write_images
-from strata.storage.ingest.synthetic_images import SyntheticImagesConfig, write_synthetic_images
+from strata.storage.ingest.synthetic_images import (
+    SyntheticImagesConfig,
+    write_synthetic_images,
+)
 from strata.storage.store import ArrayAppender, DatasetStore
 from tests.conftest import random_graph, run_strata
 

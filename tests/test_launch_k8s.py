@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from strata.launch import k8s
-from strata.runtime.topology import topology_from_env
+from strata.runtime.dist.topology import topology_from_env
 from tests.conftest import free_port, run_strata
 
 SCHEMAS = Path(__file__).parent / "schemas"
@@ -267,7 +267,7 @@ def _indexed_job_pods(doc: dict) -> list[tuple[dict, dict[str, str]]]:
 
 PROBE = (
     "import json, os, sys\n"
-    "from strata.runtime.topology import topology_from_env\n"
+    "from strata.runtime.dist.topology import topology_from_env\n"
     "t = topology_from_env(os.environ)\n"
     "out = dict(rank=t.rank, world_size=t.world_size, local_rank=t.local_rank, local_world_size=t.local_world_size,\n"
     "           node_rank=t.node_rank, num_nodes=t.num_nodes, launcher=t.launcher, pod=os.environ['PROBE_POD'])\n"

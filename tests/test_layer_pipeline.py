@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strata.models import ModelConfig, build_gnn
-from strata.runtime.data import NodeData, to_dgl
+from strata.models.config import ModelConfig
+from strata.models.gnn import build_gnn
+from strata.runtime.gnn.data import NodeData, to_dgl
 from strata.storage.ingest.common import edges_to_csc
 from tests.dist_utils import run_workers
 
@@ -38,8 +39,9 @@ def _stages(num_layers: int, num_stages: int) -> list[range]:
 
 
 def _pipeline_worker(topology, name: str, layers: int, history: bool, chunks: int, schedule: str, recompute: bool = True):
-    from strata.runtime.comm import Comm
-    from strata.runtime.executors.layer_pipeline import LayerPipelineExecutor, PipelineConfig
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.gnn.config import PipelineConfig
+    from strata.runtime.gnn.executors.layer_pipeline import LayerPipelineExecutor
 
     comm = Comm(topology.rank, topology.world_size)
     model = _model(name, layers)
@@ -110,8 +112,9 @@ def test_with_history_chunks_train_and_agree_across_schedules(schedule: str) -> 
 
 def _input_dropout_worker(topology, stages: int, chunks: int):
     """GCNII with dropout only in its input layer (which makes h0), trained one step."""
-    from strata.runtime.comm import Comm
-    from strata.runtime.executors.layer_pipeline import LayerPipelineExecutor, PipelineConfig
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.gnn.config import PipelineConfig
+    from strata.runtime.gnn.executors.layer_pipeline import LayerPipelineExecutor
 
     comm = Comm(topology.rank, topology.world_size)
     torch.manual_seed(0)
@@ -146,7 +149,7 @@ def test_recomputed_h0_draws_stage_0s_dropout_mask_on_every_stage() -> None:
 
 def test_the_input_layers_that_make_h0_are_found_and_graph_layers_are_never_replicated() -> None:
     from strata.models.gnn import Dense, GCNIILayer, GCNLayer
-    from strata.runtime.executors.layer_pipeline import _widths, residual_prefix
+    from strata.runtime.gnn.executors.layer_pipeline import _widths, residual_prefix
 
     def prefix(layers) -> int:
         return residual_prefix(layers, _widths(layers, 6))

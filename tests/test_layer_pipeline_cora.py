@@ -22,7 +22,7 @@ PIPELINE = ["train.executor=layer_pipeline", "pipeline.chunks=4", "pipeline.hist
 
 
 def _accuracies(topology, store: str, run_root: str, overrides: list[str]) -> list[float]:
-    from strata.runtime.trainer import train_node_classifier
+    from strata.runtime.gnn.trainer import train_node_classifier
 
     accuracies = []
     for seed in SEEDS:
@@ -43,7 +43,7 @@ def _accuracies(topology, store: str, run_root: str, overrides: list[str]) -> li
 def test_gcnii_with_history_matches_one_process(cora_store: str, tmp_path) -> None:
     import torch
 
-    from strata.runtime.topology import single_process
+    from strata.runtime.dist.topology import single_process
 
     torch.set_num_threads(1)
     single = mean(_accuracies(single_process(), cora_store, str(tmp_path / "single"), []))

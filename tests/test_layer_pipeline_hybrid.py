@@ -22,8 +22,9 @@ def _cuts(parts: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _hybrid_worker(topology, stages: int, parts: int, history: bool, epochs: int, lr: float):
-    from strata.runtime.comm import Comm
-    from strata.runtime.executors.layer_pipeline import LayerPipelineExecutor, PipelineConfig
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.gnn.config import PipelineConfig
+    from strata.runtime.gnn.executors.layer_pipeline import LayerPipelineExecutor
 
     comm = Comm(topology.rank, topology.world_size)
     model = _model(NAME, LAYERS)
@@ -121,9 +122,9 @@ def test_hybrid_history_matches_the_plain_pipeline_and_keeps_the_traffic() -> No
 
 def _config_error_worker(topology) -> str:
     from strata.errors import ConfigError
-    from strata.runtime.comm import Comm
-    from strata.runtime.executors.layer_pipeline import PipelineConfig
-    from strata.runtime.trainer import TrainConfig, pipeline_executor
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.gnn.config import PipelineConfig, TrainConfig
+    from strata.runtime.gnn.trainer import pipeline_executor
 
     comm = Comm(topology.rank, topology.world_size)
     model = _model(NAME, LAYERS)
@@ -140,11 +141,10 @@ def test_a_world_that_stages_do_not_divide_is_a_config_error_on_every_rank() -> 
 
 
 def _train_worker(topology, store: str, run_dir: str) -> dict:
-    from strata.models import ModelConfig
-    from strata.runtime.data import DataConfig
-    from strata.runtime.executors.layer_pipeline import PipelineConfig
-    from strata.runtime.metrics import MetricsConfig
-    from strata.runtime.trainer import CheckpointConfig, TrainConfig, train_node_classifier
+    from strata.models.config import ModelConfig
+    from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
+    from strata.runtime.gnn.config import PipelineConfig, TrainConfig
+    from strata.runtime.gnn.trainer import train_node_classifier
 
     result = train_node_classifier(
         DataConfig(store=store),

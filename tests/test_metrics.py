@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from strata.runtime.metrics import MetricsConfig, TrainingMetrics
+from strata.runtime.config import MetricsConfig
+from strata.runtime.metrics import TrainingMetrics
 
 
 def _value(metrics: TrainingMetrics, name: str, **labels: str) -> float:

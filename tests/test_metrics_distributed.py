@@ -28,10 +28,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 def _train(topology, store: str, run_dir: str, base_port: int, sync: str) -> dict:
-    from strata.models import ModelConfig
-    from strata.runtime.data import DataConfig
-    from strata.runtime.metrics import MetricsConfig
-    from strata.runtime.trainer import CheckpointConfig, TrainConfig, train_node_classifier
+    from strata.models.config import ModelConfig
+    from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
+    from strata.runtime.gnn.config import TrainConfig
+    from strata.runtime.gnn.trainer import train_node_classifier
 
     def pause(state) -> None:
         if state.global_step in PAUSES:
@@ -80,10 +80,11 @@ def _value(values: dict[tuple, float], name: str, **labels: str) -> float:
 
 
 def _halo_total(store: str) -> int:
-    from strata.runtime.data import DataConfig, load_node_data
-    from strata.runtime.executors.graph_parallel import global_csc
-    from strata.runtime.executors.partition import local_partition
     from strata.partitioners import assign
+    from strata.runtime.config import DataConfig
+    from strata.runtime.gnn.data import load_node_data
+    from strata.runtime.gnn.executors.graph_parallel import global_csc
+    from strata.runtime.gnn.executors.partition import local_partition
 
     data = load_node_data(DataConfig(store=store), self_loops=True)
     indptr, indices = global_csc(data.graph)

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from strata._dgl import dgl
-from strata.models import ModelConfig, build_gnn, run_layers
-from strata.runtime.data import to_dgl
+from strata.models.config import ModelConfig
+from strata.models.gnn import build_gnn, run_layers
+from strata.runtime.gnn.data import to_dgl
 
 
 def _graph(n: int = 30, self_loops: bool = True, seed: int = 0):

@@ -176,7 +176,8 @@ def test_dashboard_and_rules_name_only_metrics_strata_exports() -> None:
     """Without a server: a renamed metric must not leave a panel or an alert silently empty."""
     import re
 
-    from strata.runtime.metrics import MetricsConfig, TrainingMetrics
+    from strata.runtime.config import MetricsConfig
+    from strata.runtime.metrics import TrainingMetrics
 
     metrics = TrainingMetrics(MetricsConfig(), rank=0, local_rank=0, executor="minibatch", jsonl_url=None)
     metrics.cache_hits("host").inc()

@@ -50,8 +50,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.mark.parametrize("self_loops", [True, False])
 def test_degrees_counted_chunk_by_chunk_equal_the_model_graph(store: str, self_loops: bool) -> None:
-    from strata.runtime.data import DataConfig, load_node_data
-    from strata.runtime.part_data import graph_degrees
+    from strata.runtime.config import DataConfig
+    from strata.runtime.gnn.data import load_node_data
+    from strata.runtime.gnn.part_data import graph_degrees
     from strata.storage.store import DatasetStore
 
     graph = load_node_data(DataConfig(store=store), self_loops=self_loops).graph
@@ -63,9 +64,10 @@ def test_degrees_counted_chunk_by_chunk_equal_the_model_graph(store: str, self_l
 def _load_share(topology, store: str) -> dict:
     import tracemalloc
 
-    from strata.runtime.comm import Comm
-    from strata.runtime.data import DataConfig, load_node_data
-    from strata.runtime.part_data import load_part, part_data_in_memory
+    from strata.runtime.config import DataConfig
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.gnn.data import load_node_data
+    from strata.runtime.gnn.part_data import load_part, part_data_in_memory
 
     comm = Comm(topology.rank, topology.world_size)
     data_cfg = DataConfig(store=store)
@@ -98,10 +100,10 @@ def test_each_rank_reads_its_share_and_not_the_whole_feature_matrix(store: str) 
 
 
 def _train(topology, store: str, run_dir: str, executor: str, partition: str) -> dict:
-    from strata.models import ModelConfig
-    from strata.runtime.data import DataConfig
-    from strata.runtime.metrics import MetricsConfig
-    from strata.runtime.trainer import CheckpointConfig, TrainConfig, train_node_classifier
+    from strata.models.config import ModelConfig
+    from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
+    from strata.runtime.gnn.config import TrainConfig
+    from strata.runtime.gnn.trainer import train_node_classifier
 
     result = train_node_classifier(
         DataConfig(store=store),
@@ -117,7 +119,7 @@ def _train(topology, store: str, run_dir: str, executor: str, partition: str) ->
 
 
 def test_graph_parallel_on_a_stored_partition_trains_like_one_process(store: str, tmp_path) -> None:
-    from strata.runtime.topology import single_process
+    from strata.runtime.dist.topology import single_process
 
     parallel = run_workers(_train, 2, store, str(tmp_path / "gp"), "graph_parallel", "rand-2")
     single = _train(single_process(), store, str(tmp_path / "full"), "full", "")

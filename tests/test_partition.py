@@ -8,17 +8,13 @@ import numpy as np
 import pytest
 
 from strata.errors import PartitionError, StoreError
-from strata.partitioners import (
-    PARTITIONERS,
-    CSCGraph,
-    PartitionConfig,
-    assign,
-    build,
-    list_partitions,
-    open_partition,
-    partition_store,
-)
+from strata.partitioners import assign, build
 from strata.partitioners import format as pformat
+from strata.partitioners.assign import PARTITIONERS
+from strata.partitioners.build import partition_store
+from strata.partitioners.config import PartitionConfig
+from strata.partitioners.format import list_partitions, open_partition
+from strata.partitioners.graph import CSCGraph
 from strata.storage import fs, layout
 from strata.storage.ingest.common import edges_to_csc
 from strata.storage.store import DatasetStore, DatasetWriter

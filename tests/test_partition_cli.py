@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from strata.launch.cli import main
-from strata.partitioners import open_partition
+from strata.partitioners.format import open_partition
 from strata.storage import fs
 from tests.conftest import run_strata
 

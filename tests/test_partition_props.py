@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from strata.partitioners import CSCGraph, assign, build, open_partition
-from strata.partitioners.graph import as_graph
+from strata.partitioners import assign, build
+from strata.partitioners.format import open_partition
+from strata.partitioners.graph import CSCGraph, as_graph
 from strata.storage.ingest.common import GraphData, edges_to_csc, write_graph_data
 from strata.storage.store import DatasetStore
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from strata.partitioners import assign, edge_cut
+from strata.partitioners import assign
 from strata.partitioners.graph import as_graph
+from strata.partitioners.report import edge_cut
 from strata.storage.ingest import ingest
 from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
 

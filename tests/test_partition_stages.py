@@ -9,8 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strata.errors import PartitionError
-from strata.models import ModelConfig, build_gnn
-from strata.partitioners.stages import assign_stages, layer_costs, split_stages, stage_cost
+from strata.models.config import ModelConfig
+from strata.models.gnn import build_gnn
+from strata.partitioners.stages import (
+    assign_stages,
+    layer_costs,
+    split_stages,
+    stage_cost,
+)
 
 
 def _brute_force(costs: list[float], stages: int) -> float:

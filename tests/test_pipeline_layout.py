@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from strata.errors import ConfigError
-from strata.runtime.executors.pipeline_layout import PipelineLayout, chunks_within_parts, induced_subgraph, plan_units
+from strata.runtime.gnn.executors.pipeline_layout import (
+    PipelineLayout,
+    chunks_within_parts,
+    induced_subgraph,
+    plan_units,
+)
 from strata.storage.ingest.common import edges_to_csc
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from strata.runtime.executors.pipeline_schedule import (
+from strata.runtime.pipeline.schedule import (
     SCHEDULES,
     Backward,
     Forward,

@@ -15,8 +15,8 @@ LATE_RANK, WORLD, LATE_SECONDS = 2, 3, 1.5
 
 
 def _leave(rank: int, world_size: int, port: int, out: str) -> None:
-    from strata.runtime.distributed import process_group
-    from strata.runtime.topology import topology_from_env
+    from strata.runtime.dist.process_group import process_group
+    from strata.runtime.dist.topology import topology_from_env
 
     topology = topology_from_env(worker_env(rank, world_size, port))
     with process_group(topology, timeout_seconds=60):

@@ -13,9 +13,9 @@ import scipy.linalg
 import torch
 
 from strata.errors import StoreError
-from strata.runtime import quality
-from strata.runtime.image_data import load_image_data
-from strata.runtime.quality import (
+from strata.runtime.diffusion import quality
+from strata.runtime.diffusion.image_data import load_image_data
+from strata.runtime.diffusion.quality import (
     ClassifierRecipe,
     class_match_rate,
     classifier_info,
@@ -25,7 +25,10 @@ from strata.runtime.quality import (
 )
 from strata.storage import fs, layout
 from strata.storage.ingest.images import ingest_digits, write_images
-from strata.storage.ingest.synthetic_images import SyntheticImagesConfig, write_synthetic_images
+from strata.storage.ingest.synthetic_images import (
+    SyntheticImagesConfig,
+    write_synthetic_images,
+)
 from strata.storage.store import DatasetStore
 from tests.conftest import random_graph, run_strata
 
@@ -101,13 +104,13 @@ def test_stale_cache_is_retrained_with_the_reason(small_store: str, monkeypatch:
     raw = json.loads(fs.read_text(info_url))
     true_fingerprint = raw["fingerprint"]
     fs.write_text(info_url, json.dumps({**raw, "fingerprint": "0" * 32}))
-    with caplog.at_level(logging.WARNING, logger="strata.runtime.quality"):
+    with caplog.at_level(logging.WARNING, logger="strata.runtime.diffusion.quality"):
         reference_classifier(small_store, recipe=FAST)
     assert len(calls) == 2 and "retraining, the images it was trained on have changed" in caplog.text
     assert classifier_info(small_store).fingerprint == true_fingerprint
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="strata.runtime.quality"):
+    with caplog.at_level(logging.WARNING, logger="strata.runtime.diffusion.quality"):
         reference_classifier(small_store, recipe=ClassifierRecipe(epochs=3, seed=1))
     assert len(calls) == 3 and "another recipe (seed: 0 -> 1)" in caplog.text
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from strata.runtime.topology import (
+from strata.runtime.dist.topology import (
     Topology,
     TopologyError,
     expand_nodelist,

@@ -23,7 +23,16 @@ Typical flow:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from strata.launch import cmd_info, cmd_ingest, cmd_launch, cmd_pack, cmd_partition, cmd_sample, cmd_train, quickstart
+    from strata.launch.commands import (
+        info,
+        ingest,
+        launch,
+        pack,
+        partition,
+        quickstart,
+        sample,
+        train,
+    )
 
     parser = argparse.ArgumentParser(
         prog="strata", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -31,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"strata {_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (quickstart, cmd_ingest, cmd_info, cmd_train, cmd_sample, cmd_partition, cmd_pack, cmd_launch):
+    for module in (quickstart, ingest, info, train, sample, partition, pack, launch):
         module.register(sub)
     return parser
 
@@ -40,11 +49,6 @@ def _version() -> str:
     from strata import __version__
 
     return __version__
-
-
-def show_progress(args: argparse.Namespace) -> bool:
-    """Progress bars only for people: off with --quiet or when stderr is not a terminal."""
-    return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,17 +6,13 @@ from dataclasses import dataclass, field
 
 from strata.errors import ConfigError
 from strata.launch.config_io import apply_overrides, from_dict, load_yaml
-from strata.models import ModelConfig
+from strata.models.config import ModelConfig
 from strata.models.diffusion.config import DiffusionModelConfig, NoiseConfig
-from strata.runtime.data import DataConfig
-from strata.runtime.diffusion_trainer import DiffusionTrainConfig
-from strata.runtime.distributed import DistributedConfig
-from strata.runtime.executors.layer_pipeline import PipelineConfig
-from strata.runtime.experts import ExpertsConfig
-from strata.runtime.metrics import MetricsConfig
-from strata.runtime.trainer import CheckpointConfig, TrainConfig
+from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
+from strata.runtime.diffusion.config import DiffusionTrainConfig, ExpertsConfig
+from strata.runtime.dist.config import DistributedConfig
+from strata.runtime.gnn.config import PipelineConfig, TrainConfig
 from strata.storage.featstore.config import FeaturesConfig
-
 
 TASK_SECTIONS = {
     "node_classification": ("model", "train", "features", "pipeline"),

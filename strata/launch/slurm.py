@@ -9,7 +9,7 @@ Two shapes of job, chosen by :attr:`SlurmConfig.mode`:
     The default, and the choice for GPU nodes where one agent per node should own the devices.
 ``srun``
     one srun task per training process; strata reads SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID
-    and the node list itself (see :mod:`strata.runtime.topology`). For sites that bind CPUs and
+    and the node list itself (see :mod:`strata.runtime.dist.topology`). For sites that bind CPUs and
     devices per task with srun, that forbid extra launchers, or for plain CPU jobs.
 
 Either way the job is requeueable (``--requeue``), its log is appended to one predictable file,

@@ -1,6 +1,3 @@
-"""Models as ordered lists of layers, so executors can cut them into stages."""
-
-from strata.models.config import ModelConfig, build_gnn
-from strata.models.gnn import LayeredModel, run_layers
-
-__all__ = ["LayeredModel", "ModelConfig", "build_gnn", "run_layers"]
+"""Models as ordered lists of layers, so executors can cut them into stages: GNNs in
+:mod:`strata.models.gnn` (config in :mod:`strata.models.config`), diffusion models in
+:mod:`strata.models.diffusion`."""

@@ -8,7 +8,6 @@ on 8x8 digits and scales to larger images by pooling more often.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 
@@ -18,7 +17,7 @@ class ImageClassifier(nn.Module):
     ``feature_dim`` units (the features) and a linear head.
 
     Inputs are float (N, C, H, W) in [-1, 1], as image stores hold them. It knows nothing of
-    stores or processes; :mod:`strata.runtime.quality` trains, caches and applies it.
+    stores or processes; :mod:`strata.runtime.diffusion.quality` trains, caches and applies it.
     """
 
     def __init__(

@@ -5,14 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from strata.errors import ConfigError
-from strata.models.gnn import (
-    Dense,
-    GATLayer,
-    GCNIILayer,
-    GCNLayer,
-    LayeredModel,
-    SAGELayer,
-)
 
 GNN_NAMES = ("gcn", "sage", "gat", "gcnii")
 
@@ -59,30 +51,3 @@ class ModelConfig:
             raise ConfigError(f"model.lambda_ must be positive, got {self.lambda_}")
 
 
-def build_gnn(cfg: ModelConfig, in_dim: int, num_classes: int) -> LayeredModel:
-    """The model of ``cfg`` for ``in_dim`` input features and ``num_classes`` outputs."""
-    L, d, p = cfg.num_layers, cfg.hidden, cfg.dropout
-    if cfg.name == "gcn":
-        dims = [in_dim] + [d] * (L - 1) + [num_classes]
-        layers = [GCNLayer(dims[i], dims[i + 1], dropout=p, activation=i < L - 1) for i in range(L)]
-        return LayeredModel(layers, self_loops=True)
-    if cfg.name == "sage":
-        dims = [in_dim] + [d] * (L - 1) + [num_classes]
-        layers = [SAGELayer(dims[i], dims[i + 1], dropout=p, activation=i < L - 1) for i in range(L)]
-        return LayeredModel(layers, self_loops=False)
-    if cfg.name == "gat":
-        layers = []
-        width = in_dim
-        for i in range(L):
-            last = i == L - 1
-            out = num_classes if last else d
-            layers.append(
-                GATLayer(width, out, heads=cfg.out_heads if last else cfg.heads, dropout=p, attn_dropout=cfg.attn_dropout, last=last)
-            )
-            width = d * cfg.heads
-        return LayeredModel(layers, self_loops=True)
-    # gcnii: input projection, L propagation layers, classifier.
-    layers = [Dense(in_dim, d, dropout=p, activation=True, sets_h0=True)]
-    layers += [GCNIILayer(d, layer=i + 1, alpha=cfg.alpha, lambda_=cfg.lambda_, dropout=p) for i in range(L)]
-    layers.append(Dense(d, num_classes, dropout=p))
-    return LayeredModel(layers, self_loops=True)

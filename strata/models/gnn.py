@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from strata._dgl import dgl
+from strata.models.config import ModelConfig
 
 fn = dgl.function
 _dglnn = dgl.nn.pytorch
@@ -205,3 +206,32 @@ def run_layers(layers: Sequence[nn.Module], graphs: object, h: Tensor, h0: Tenso
         graph = (blocks.pop(0) if layer.uses_graph else None) if blocks is not None else graphs
         h, h0 = layer(graph, h, h0)
     return h, h0
+
+
+def build_gnn(cfg: ModelConfig, in_dim: int, num_classes: int) -> LayeredModel:
+    """The model of ``cfg`` for ``in_dim`` input features and ``num_classes`` outputs."""
+    L, d, p = cfg.num_layers, cfg.hidden, cfg.dropout
+    if cfg.name == "gcn":
+        dims = [in_dim] + [d] * (L - 1) + [num_classes]
+        layers = [GCNLayer(dims[i], dims[i + 1], dropout=p, activation=i < L - 1) for i in range(L)]
+        return LayeredModel(layers, self_loops=True)
+    if cfg.name == "sage":
+        dims = [in_dim] + [d] * (L - 1) + [num_classes]
+        layers = [SAGELayer(dims[i], dims[i + 1], dropout=p, activation=i < L - 1) for i in range(L)]
+        return LayeredModel(layers, self_loops=False)
+    if cfg.name == "gat":
+        layers = []
+        width = in_dim
+        for i in range(L):
+            last = i == L - 1
+            out = num_classes if last else d
+            layers.append(
+                GATLayer(width, out, heads=cfg.out_heads if last else cfg.heads, dropout=p, attn_dropout=cfg.attn_dropout, last=last)
+            )
+            width = d * cfg.heads
+        return LayeredModel(layers, self_loops=True)
+    # gcnii: input projection, L propagation layers, classifier.
+    layers = [Dense(in_dim, d, dropout=p, activation=True, sets_h0=True)]
+    layers += [GCNIILayer(d, layer=i + 1, alpha=cfg.alpha, lambda_=cfg.lambda_, dropout=p) for i in range(L)]
+    layers.append(Dense(d, num_classes, dropout=p))
+    return LayeredModel(layers, self_loops=True)

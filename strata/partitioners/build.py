@@ -16,7 +16,13 @@ from tqdm.auto import tqdm
 from strata.errors import PartitionError
 from strata.partitioners.assign import assign_with
 from strata.partitioners.config import PartitionConfig
-from strata.partitioners.format import Partition, PartitionInfo, PartitionWriter, check_free, graph_checksum
+from strata.partitioners.format import (
+    Partition,
+    PartitionInfo,
+    PartitionWriter,
+    check_free,
+    graph_checksum,
+)
 from strata.partitioners.graph import StoreGraph
 from strata.partitioners.halo import local_graph, upstream_halo
 from strata.partitioners.report import Balance, QualityReport, peak_rss_bytes

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from strata.errors import CheckpointError
-from strata.runtime.comm import Comm
+from strata.runtime.dist.comm import Comm
 from strata.storage import checkpoint
 
 log = logging.getLogger(__name__)

@@ -12,36 +12,16 @@ import errno
 import json
 import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import push_to_gateway, start_http_server
 
-from strata.errors import ConfigError, StrataError
+from strata.errors import StrataError
+from strata.runtime.config import MetricsConfig
 from strata.storage import fs
 
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-
-@dataclass
-class MetricsConfig:
-    """Where metrics go."""
-
-    port: int = 0
-    """Base port of the Prometheus endpoint; rank r serves on port + local rank. 0 = off."""
-    addr: str = "0.0.0.0"
-    """Address the endpoint binds to."""
-    pushgateway: str = ""
-    """host:port of a Pushgateway that receives a final summary; empty = off."""
-    jsonl: str = ""
-    """JSON-lines log written by rank 0; empty = metrics.jsonl in the run directory."""
-    job: str = "strata"
-    """Value of the `job` label."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.port < 65536:
-            raise ConfigError(f"metrics.port must be in 0..65535, got {self.port}")
 
 
 class TrainingMetrics:

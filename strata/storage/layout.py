@@ -18,7 +18,7 @@ A dataset store is a zarr v3 group at any fsspec URL::
                                 chunked by rows of whole images
       images/label              int64 (N,)     class id >= 0; absent when the images are unlabelled
       quality/classifier/       the cached reference classifier of an image store, written by
-        weights.pt              strata.runtime.quality after the store is complete (torch state dict)
+        weights.pt              strata.runtime.diffusion.quality after the store is complete (torch state dict)
         info.json               its held-out accuracy and a fingerprint of the data it learnt from
       partitions/<name>/        written by strata partition, with their own marker
 

@@ -52,7 +52,13 @@ import numpy as np
 
 from strata.errors import PackError
 from strata.storage import fs, layout
-from strata.storage.featstore.sampling import SAMPLER_VERSION, BlockCSC, SampledBatch, SamplerConfig, train_ids_checksum
+from strata.storage.featstore.sampling import (
+    SAMPLER_VERSION,
+    BlockCSC,
+    SampledBatch,
+    SamplerConfig,
+    train_ids_checksum,
+)
 from strata.storage.store import DatasetStore
 
 FORMAT_VERSION = 1

@@ -35,7 +35,12 @@ from strata.storage.featstore.caches import FeatureCounters, NodeCache, is_membe
 from strata.storage.featstore.config import FeaturesConfig
 from strata.storage.featstore.reader import PackReader
 from strata.storage.featstore.rows import ChunkedRows
-from strata.storage.featstore.sampling import EpochPlan, NeighbourSampler, SamplerConfig, sample_step
+from strata.storage.featstore.sampling import (
+    EpochPlan,
+    NeighbourSampler,
+    SamplerConfig,
+    sample_step,
+)
 from strata.storage.featstore.tiered import TieredFeatures
 from strata.storage.featstore.writer import default_pack_dir
 from strata.storage.store import DatasetStore
@@ -63,7 +68,7 @@ class FeatureLoader(Protocol):
 
 
 def _normalize(x: Tensor) -> Tensor:
-    # The same expression as strata.runtime.data applies to the whole matrix; per row, equal.
+    # The same expression as strata.runtime.gnn.data applies to the whole matrix; per row, equal.
     return x / x.sum(1, keepdim=True).clamp(min=1e-12)
 
 

@@ -1,0 +1,503 @@
+"""Decentralized diffusion experts (McAllister et al., "Decentralized Diffusion Models", 2025):
+the data set is clustered into k parts, each expert is a whole diffusion model trained in
+isolation on one cluster, and a router trained on the whole set picks experts when sampling.
+
+A job (``diffusion.executor: experts``) does, in order:
+
+1. **Clusters.** k-means on pixels (the partitioners' :func:`cluster_store`), seeded, so
+   separate jobs would compute the same clustering; but it is computed once per set and kept
+   in ``clusters.npz``, written atomically, and every later job reads it and checks that it
+   was made for this k, seed and store.
+2. **Router** (when this job trains it): a small classifier of the cluster of x0 from
+   (x_t, t), trained on the whole set with the diffusion noising, data parallel over every
+   rank of the job, checkpointed under ``router/``.
+3. **Experts.** The job's ranks split into groups (:func:`expert_layout`), each group a
+   process group of its own (:meth:`Comm.subgroups`) that trains its experts one after another
+   with the diffusion trainer's loop (:func:`strata.runtime.diffusion.trainer.fit`) on its
+   cluster's images. Gradients are averaged within a group only: no byte crosses between
+   groups, and a job that trains one expert (``experts.expert: i``) may run at any time,
+   anywhere, with any number of ranks.
+4. **Manifest.** Rank 0 writes the set's manifest (:mod:`strata.runtime.diffusion.model_loading`,
+   which draws the folder layout). Its content depends only on the configs, so jobs that
+   build one set in pieces write the same file; a job whose configs disagree with an
+   existing manifest is refused before it trains.
+
+At the end every rank waits for the slowest group (the results are summed over the job), so
+``distributed.timeout_seconds`` must cover the difference between groups' training times.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from strata.errors import ConfigError, StrataError
+from strata.models.diffusion.config import DiffusionModelConfig, NoiseConfig
+from strata.models.diffusion.router import Router
+from strata.models.diffusion.schedule import NoiseSchedule
+from strata.partitioners.clustering import KMeansConfig, cluster_store
+from strata.runtime import checkpointing
+from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
+from strata.runtime.diffusion.config import DiffusionTrainConfig, ExpertsConfig
+from strata.runtime.diffusion.engines import global_batch, rank_rows
+from strata.runtime.diffusion.image_data import (
+    ImageData,
+    load_image_data,
+    open_image_store,
+)
+from strata.runtime.diffusion.model_loading import (
+    ExpertSetManifest,
+    read_manifest,
+    relative_to,
+    write_manifest,
+)
+from strata.runtime.diffusion.trainer import check_model_fits, executor_label, fit
+from strata.runtime.dist.comm import COUNTED_OPS, Comm
+from strata.runtime.dist.replicas import all_reduce_gradients, broadcast_parameters
+from strata.runtime.dist.topology import Topology, single_process
+from strata.runtime.metrics import TrainingMetrics
+from strata.storage import fs
+from strata.storage.layout import IMAGES
+
+log = logging.getLogger(__name__)
+
+SMALL_T = 50
+"""Timesteps below this count as 'small t' in the router's reported accuracy."""
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """Which ranks form each group and which experts each group trains, in order."""
+
+    groups: tuple[tuple[int, ...], ...]
+    experts: tuple[tuple[int, ...], ...]
+
+    def group_of(self, rank: int) -> int:
+        return next(g for g, ranks in enumerate(self.groups) if rank in ranks)
+
+
+def expert_layout(world_size: int, experts: Sequence[int]) -> ExpertLayout:
+    """Split ``world_size`` ranks over ``experts``: with at least as many ranks as experts,
+    consecutive equal groups, one expert each; with fewer, one rank per group, expert j going
+    to rank j mod world_size. Pure arithmetic."""
+    experts = tuple(experts)
+    if not experts:
+        return ExpertLayout((tuple(range(world_size)),), ((),))
+    n = len(experts)
+    if world_size >= n:
+        if world_size % n:
+            raise ConfigError(
+                f"{world_size} processes do not split evenly into {n} expert groups; use a multiple of {n} "
+                f"processes, or fewer than {n} (then each trains several experts in turn)"
+            )
+        size = world_size // n
+        groups = tuple(tuple(range(g * size, (g + 1) * size)) for g in range(n))
+        return ExpertLayout(groups, tuple((e,) for e in experts))
+    return ExpertLayout(
+        tuple((r,) for r in range(world_size)),
+        tuple(experts[r::world_size] for r in range(world_size)),
+    )
+
+
+@dataclass
+class ExpertPaths:
+    """Where a set's files go (see :mod:`strata.runtime.diffusion.model_loading` for the layout)."""
+
+    root: str
+    checkpoint_root: str
+
+    @classmethod
+    def of(cls, run_dir: str, ckpt_cfg: CheckpointConfig) -> ExpertPaths:
+        root = fs.join(run_dir, "experts")
+        return cls(root, ckpt_cfg.dir or root)
+
+    @property
+    def manifest(self) -> str:
+        return fs.join(self.root, "manifest.json")
+
+    @property
+    def clusters(self) -> str:
+        return fs.join(self.root, "clusters.npz")
+
+    def expert_dir(self, i: int) -> str:
+        return fs.join(self.root, f"expert-{i:03d}")
+
+    def expert_checkpoints(self, i: int) -> str:
+        if self.checkpoint_root != self.root:
+            return fs.join(self.checkpoint_root, f"expert-{i:03d}")
+        return fs.join(self.expert_dir(i), "checkpoints")
+
+    @property
+    def router_checkpoints(self) -> str:
+        if self.checkpoint_root != self.root:
+            return fs.join(self.checkpoint_root, "router")
+        return fs.join(self.root, "router", "checkpoints")
+
+
+# -- clusters ----------------------------------------------------------------------------------
+
+
+def cluster_meta(cfg: ExpertsConfig, num_images: int, checksum: str) -> dict:
+    return {"num_clusters": cfg.num_experts, "seed": cfg.cluster_seed, "epochs": cfg.cluster_epochs,
+            "num_images": num_images, "images_checksum": checksum}
+
+
+def read_clusters(url: str) -> tuple[np.ndarray, dict]:
+    """(cluster id per image, meta) of a cluster file."""
+    try:
+        with np.load(io.BytesIO(fs.read_bytes(url)), allow_pickle=False) as npz:
+            return npz["labels"].astype(np.int64), json.loads(str(npz["meta"]))
+    except (KeyError, ValueError, OSError) as exc:
+        raise StrataError(f"cluster file '{url}' cannot be read ({exc}); delete it to cluster again") from exc
+
+
+def write_clusters(url: str, labels: np.ndarray, centroids: np.ndarray, meta: dict) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, labels=labels.astype(np.int32), centroids=centroids.astype(np.float32), meta=np.array(json.dumps(meta)))
+    tmp = fs.sibling_temp(url)
+    fs.write_bytes(tmp, buffer.getvalue())
+    fs.replace_atomically(tmp, url)
+
+
+def cluster_labels(store_url: str, cfg: ExpertsConfig, url: str, *, progress: bool = False) -> np.ndarray:
+    """The cluster of every image of the store: read from ``url`` when a job made it before
+    (refused unless made for this k, seed and store), else computed and written there."""
+    store = open_image_store(store_url)
+    info = store.meta.arrays[IMAGES]
+    want = cluster_meta(cfg, int(info["shape"][0]), str(info.get("checksum", "")))
+    if fs.exists(url):
+        labels, have = read_clusters(url)
+        differ = [f"{key} {have.get(key)} (this job: {value})" for key, value in want.items() if have.get(key) != value]
+        if differ:
+            raise ConfigError(
+                f"the expert set's clusters '{url}' were made with other settings: {'; '.join(differ)}. The experts of "
+                "one set must share one clustering: use the same experts.num_experts and cluster_* and the same store, "
+                "or another run_dir for a new set"
+            )
+        return labels
+    result = cluster_store(store, IMAGES, KMeansConfig(num_clusters=cfg.num_experts, epochs=cfg.cluster_epochs, seed=cfg.cluster_seed), progress=progress)
+    log.info("experts: %s", result.report.format())
+    if result.report.empty_clusters:
+        raise StrataError(
+            f"k-means left {result.report.empty_clusters} of {cfg.num_experts} clusters empty ({result.report.sizes}); "
+            "an expert needs images: use a smaller experts.num_experts or another cluster_seed"
+        )
+    write_clusters(url, result.labels, result.centroids, want)
+    return result.labels.astype(np.int64)
+
+
+def subset(data: ImageData, rows: torch.Tensor) -> ImageData:
+    """The images (and labels) at ``rows``, with the set's number of classes."""
+    return ImageData(data.images[rows], None if data.labels is None else data.labels[rows], data.num_classes)
+
+
+# -- router ------------------------------------------------------------------------------------
+
+
+@dataclass
+class RouterSummary:
+    steps: int
+    final_loss: float
+    accuracy_small_t: float
+    """Share of noisy images with t < 50 whose cluster the router names (from x_t and t alone)."""
+    accuracy_all_t: float
+    """The same over t uniform in [0, T)."""
+    accuracy_all_t_given_class: float | None
+    """A router with labels, told each image's class: its accuracy over t uniform in [0, T)
+    (the two above are measured with the null label). None without labels."""
+    train_seconds: float
+    checkpoint_dir: str
+
+
+def router_accuracy(
+    router: Router, schedule: NoiseSchedule, images: torch.Tensor, clusters: torch.Tensor, *, t_max: int,
+    labels: torch.Tensor | None = None, samples: int = 2048, seed: int = 1,
+) -> float:
+    """Share of ``samples`` images, noised at t uniform in [0, t_max), whose cluster ``router``
+    predicts; told their class ``labels`` when given (else the null label)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, len(images), (samples,), generator=g)
+    t = torch.randint(0, t_max, (samples,), generator=g)
+    noise = torch.randn((samples, *images.shape[1:]), generator=g)
+    device = next(router.parameters()).device
+    y = None if labels is None else labels[rows].to(device)
+    with torch.no_grad():
+        x_t = schedule.q_sample(images[rows], t, noise).to(device)
+        predicted = router.eval()(x_t, t.to(device), y).argmax(-1).cpu()
+    return float((predicted == clusters[rows]).float().mean())
+
+
+def train_router(
+    data: ImageData, clusters: torch.Tensor, noise_cfg: NoiseConfig, cfg: ExpertsConfig, *, seed: int, root: str,
+    keep: int, every_steps: int, comm: Comm, metrics: TrainingMetrics, device: str, resume: bool, log_every: int,
+) -> RouterSummary:
+    """Train the router on every image of ``data`` (``clusters`` its targets), data parallel
+    over the ranks of ``comm``: each step's batch is drawn like a diffusion batch (images,
+    timesteps, noise, dropped labels) and each rank takes its rows; gradients are averaged
+    over all ranks."""
+    num_classes = data.num_classes if cfg.router_labels and data.labels is not None else 0
+    torch.manual_seed(seed)
+    router = Router(image_shape=data.image_shape, num_clusters=cfg.num_experts, hidden=cfg.router_hidden, num_classes=num_classes)
+    router = router.to(device)
+    schedule = NoiseSchedule(noise_cfg).to(device)
+    broadcast_parameters(router, comm)
+    optimizer = torch.optim.AdamW(router.parameters(), lr=cfg.router_lr)
+    meta = {"num_clusters": cfg.num_experts, "hidden": cfg.router_hidden, "image_shape": list(data.image_shape),
+            "num_classes": num_classes}
+    targets = ImageData(data.images, clusters, cfg.num_experts)
+    rows = rank_rows(cfg.router_batch_size, 1, comm.rank, comm.world_size)
+    step, loss, seconds = 0, math.nan, 0.0
+    found = checkpointing.restore(root, comm) if resume else None
+    if found is not None:
+        step, shard = found
+        checkpointing.load_states(step, root, {"router": (router, shard["model"]), "router optimizer": (optimizer, shard["optimizer"])})
+        loss = float(shard["loop"]["loss"])
+    router.train()
+    while step < cfg.router_steps:
+        # The same (seed, step) draws twice: once with the clusters as labels (the targets),
+        # once with the classes, some dropped (the router's condition).
+        draw = {"step": step, "batch_size": cfg.router_batch_size, "seed": seed, "timesteps": schedule.timesteps, "rows": rows}
+        batch = global_batch(targets, null_label=cfg.num_experts, label_dropout=0.0, **draw).to(device)
+        y = None
+        if num_classes:
+            y = global_batch(data, null_label=num_classes, label_dropout=cfg.router_label_dropout, **draw).y.to(device)
+        started = time.perf_counter()
+        logits = router(schedule.q_sample(batch.x0, batch.t, batch.noise), batch.t, y)  # (rows, k)
+        local = F.cross_entropy(logits, batch.y)
+        optimizer.zero_grad(set_to_none=True)
+        local.backward()
+        all_reduce_gradients(router.parameters(), comm, average=True)
+        optimizer.step()
+        (total,) = comm.sum_floats([float(local.detach())])
+        loss = total / comm.world_size
+        seconds += time.perf_counter() - started
+        step += 1
+        if log_every and step % log_every == 0:
+            metrics.log("router_step", step=step, loss=loss)
+        if every_steps and step % every_steps == 0 and step < cfg.router_steps:
+            _save_router(root, step, router, optimizer, loss, meta, keep, comm)
+    _save_router(root, step, router, optimizer, loss, meta, keep, comm)
+    small = router_accuracy(router, schedule, data.images, clusters, t_max=min(SMALL_T, schedule.timesteps))
+    overall = router_accuracy(router, schedule, data.images, clusters, t_max=schedule.timesteps)
+    given = router_accuracy(router, schedule, data.images, clusters, t_max=schedule.timesteps, labels=data.labels) if num_classes else None
+    return RouterSummary(step, loss, small, overall, given, seconds, root)
+
+
+def _save_router(root: str, step: int, router: Router, optimizer: torch.optim.Optimizer, loss: float, meta: dict, keep: int, comm: Comm) -> None:
+    shard = {"model": router.state_dict(), "optimizer": optimizer.state_dict(), "loop": {"step": step, "loss": loss}, "meta": meta}
+    checkpointing.save(root, step, shard, keep=keep, comm=comm)
+
+
+# -- the job -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ExpertSummary:
+    expert: int
+    images: int
+    """Images in its cluster."""
+    trained: bool
+    """Whether this job trained it."""
+    ranks: list[int]
+    """Global ranks of the group that trained it (empty when this job did not)."""
+    steps: int = 0
+    final_loss: float = math.nan
+    train_seconds: float = 0.0
+    images_per_second: float = 0.0
+    checkpoint_dir: str = ""
+    samples: str = ""
+
+
+@dataclass
+class ExpertsResult:
+    num_experts: int
+    experts: list[ExpertSummary]
+    router: RouterSummary | None
+    """None when this job did not train the router."""
+    manifest: str
+    clusters: str
+    cluster_sizes: list[int]
+    run_dir: str
+    executor: str
+    world_size: int
+    train_seconds: float
+    """Wall time of the whole job after loading the data."""
+    expert_comm_bytes: dict[str, int] = field(default_factory=dict)
+    """Bytes sent by each op while the experts trained, summed over all ranks: only traffic
+    inside expert groups (nothing at all when every group has one rank)."""
+    comm_bytes: dict[str, int] = field(default_factory=dict)
+    """Bytes sent by each op over the whole job, summed over all ranks."""
+    metrics_log: str = ""
+    metrics_port: int | None = None
+
+
+def build_manifest(
+    paths: ExpertPaths, data_cfg: DataConfig, model_cfg: DiffusionModelConfig, noise_cfg: NoiseConfig,
+    cfg: ExpertsConfig, checksum: str, image_shape: tuple[int, int, int], num_classes: int,
+) -> ExpertSetManifest:
+    base = paths.root
+    return ExpertSetManifest(
+        num_experts=cfg.num_experts, image_shape=list(image_shape), num_classes=num_classes, store=data_cfg.store,
+        store_checksum=checksum, clusters=relative_to(base, paths.clusters),
+        experts=[relative_to(base, paths.expert_checkpoints(i)) for i in range(cfg.num_experts)],
+        router=relative_to(base, paths.router_checkpoints), router_num_clusters=cfg.num_experts,
+        router_hidden=cfg.router_hidden, router_num_classes=num_classes if cfg.router_labels else 0,
+        diffusion_model=asdict(model_cfg), noise=asdict(noise_cfg),
+    )
+
+
+def check_manifest_agrees(url: str, mine: ExpertSetManifest) -> None:
+    """Refuse to add to a set whose existing manifest was written for other configs."""
+    if not fs.exists(url):
+        return
+    theirs = read_manifest(url).identity()
+    differ = [key for key, value in mine.identity().items() if theirs.get(key) != value]
+    if differ:
+        detail = "; ".join(f"{key}: set has {theirs.get(key)!r}, this job {mine.identity()[key]!r}" for key in differ[:3])
+        raise ConfigError(
+            f"the expert set at '{url}' was made with other settings ({detail}). The experts of one set share one "
+            "model, noise, router and clustering config; use the set's config, or another run_dir for a new set"
+        )
+
+
+def train_experts(
+    data_cfg: DataConfig,
+    model_cfg: DiffusionModelConfig,
+    noise_cfg: NoiseConfig,
+    cfg: DiffusionTrainConfig,
+    experts_cfg: ExpertsConfig,
+    ckpt_cfg: CheckpointConfig,
+    metrics_cfg: MetricsConfig,
+    *,
+    run_dir: str,
+    resume: bool = False,
+    progress: bool = True,
+    topology: Topology | None = None,
+) -> ExpertsResult:
+    """Cluster, train the router and the experts this job is asked for, and write the set's
+    manifest (see the module docstring); every rank of ``topology`` calls it."""
+    topology = topology or single_process()
+    if cfg.executor != "experts":
+        raise ConfigError(f"train_experts needs diffusion.executor=experts, got '{cfg.executor}'")
+    if cfg.engine != "ddp":
+        raise ConfigError(
+            "diffusion.executor=experts trains each expert with strata's own data parallelism inside its group; "
+            "DeepSpeed runs on the whole job's process group: drop diffusion.engine=deepspeed"
+        )
+    layout = expert_layout(topology.world_size, experts_cfg.experts_to_train)
+    resume = resume or topology.restart_count > 0
+    paths = ExpertPaths.of(run_dir, ckpt_cfg)
+    data = load_image_data(data_cfg.store)
+    check_model_fits(model_cfg, data, data_cfg.store)
+    if experts_cfg.num_experts > len(data.images):
+        raise ConfigError(f"experts.num_experts {experts_cfg.num_experts} exceeds the {len(data.images)} images of '{data_cfg.store}'")
+    checksum = str(open_image_store(data_cfg.store).meta.arrays[IMAGES].get("checksum", ""))
+    manifest = build_manifest(paths, data_cfg, model_cfg, noise_cfg, experts_cfg, checksum, data.image_shape, data.num_classes)
+    check_manifest_agrees(paths.manifest, manifest)
+    fs.makedirs(paths.root)  # also makes run_dir, where the metrics log goes
+    group = layout.group_of(topology.rank)
+    leads = topology.rank == layout.groups[group][0]
+    jsonl = (metrics_cfg.jsonl or fs.join(run_dir, "metrics.jsonl")) if topology.is_main else (
+        fs.join(paths.root, f"metrics-rank-{topology.rank:05d}.jsonl") if leads else None
+    )
+    metrics = TrainingMetrics(
+        metrics_cfg, rank=topology.rank, local_rank=topology.local_rank, executor=executor_label(cfg), jsonl_url=jsonl
+    )
+    try:
+        comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
+        started = time.perf_counter()
+        metrics.log(
+            "start", config={"data": asdict(data_cfg), "diffusion_model": asdict(model_cfg), "noise": asdict(noise_cfg),
+                             "diffusion": asdict(cfg), "experts": asdict(experts_cfg)},
+            world_size=topology.world_size, launcher=topology.launcher, groups=[list(g) for g in layout.groups],
+        )
+        # 1. clusters: rank 0 makes or reads them, every rank gets them by broadcast.
+        clusters = torch.zeros(len(data.images), dtype=torch.int64)
+        if comm.rank == 0:
+            clusters = torch.from_numpy(cluster_labels(data_cfg.store, experts_cfg, paths.clusters, progress=progress and topology.is_main))
+        comm.broadcast(clusters, 0)
+        sizes = torch.bincount(clusters, minlength=experts_cfg.num_experts).tolist()
+        metrics.log("clusters", sizes=sizes, url=paths.clusters)
+        # 2. router: data parallel over the whole job.
+        router = None
+        if experts_cfg.trains_router:
+            router = train_router(
+                data, clusters, noise_cfg, experts_cfg, seed=cfg.seed, root=paths.router_checkpoints, keep=ckpt_cfg.keep,
+                every_steps=ckpt_cfg.every_steps, comm=comm, metrics=metrics, device=topology.device, resume=resume,
+                log_every=cfg.log_every,
+            )
+            metrics.log("router", **asdict(router))
+        # 3. experts: each group in its own process group, no traffic between groups.
+        before = comm.bytes_by_op()
+        group_comm = comm.subgroups(layout.groups)
+        trained: dict[int, list[float]] = {}
+        for i in layout.experts[group]:
+            rows = (clusters == i).nonzero().squeeze(1)
+            expert_data = subset(data, rows)
+            metrics.log("expert_start", expert=i, images=len(rows), ranks=list(layout.groups[group]))
+            result = fit(
+                expert_data, model_cfg, noise_cfg, cfg, replace(ckpt_cfg, dir=paths.expert_checkpoints(i)),
+                comm=group_comm, metrics=metrics, run_dir=paths.expert_dir(i), device=topology.device, resume=resume,
+                progress=progress and topology.is_main,
+            )
+            metrics.log("expert_end", expert=i, **asdict(result))
+            trained[i] = [1.0, result.steps, result.final_loss, result.train_seconds, result.images_per_second]
+        after = comm.bytes_by_op()
+        expert_bytes = _sum_over_ranks({op: after.get(op, 0) - before.get(op, 0) for op in COUNTED_OPS}, comm)
+        summaries = _gather_summaries(trained, layout, paths, sizes, comm, leads)
+        # 4. manifest: its content depends on the configs only.
+        if comm.rank == 0:
+            write_manifest(paths.manifest, manifest)
+        comm.barrier()
+        result = ExpertsResult(
+            num_experts=experts_cfg.num_experts, experts=summaries, router=router, manifest=paths.manifest,
+            clusters=paths.clusters, cluster_sizes=sizes, run_dir=run_dir, executor=executor_label(cfg),
+            world_size=topology.world_size, train_seconds=time.perf_counter() - started, expert_comm_bytes=expert_bytes,
+        )
+        result.comm_bytes = comm.bytes_over_ranks()
+        result.metrics_log, result.metrics_port = jsonl or "", metrics.port
+        metrics.log("end", **asdict(result))
+        metrics.push()
+        return result
+    finally:
+        metrics.close()
+
+
+def _sum_over_ranks(bytes_by_op: dict[str, int], comm: Comm) -> dict[str, int]:
+    ops = sorted(bytes_by_op)
+    totals = comm.sum_floats([float(bytes_by_op[op]) for op in ops]) if comm.world_size > 1 else [bytes_by_op[op] for op in ops]
+    return {op: int(total) for op, total in zip(ops, totals) if total}
+
+
+def _gather_summaries(
+    trained: dict[int, list[float]], layout: ExpertLayout, paths: ExpertPaths, sizes: list[int], comm: Comm, leads: bool,
+) -> list[ExpertSummary]:
+    """Every expert's figures on every rank: each group's first rank contributes the rows of
+    the experts it trained and the rows are summed over the job."""
+    k = len(sizes)
+    table = torch.zeros(k, 5, dtype=torch.float64)
+    if leads:
+        for i, row in trained.items():
+            table[i] = torch.tensor(row, dtype=torch.float64)
+    if comm.world_size > 1:
+        table = torch.tensor(comm.sum_floats(table.flatten().tolist()), dtype=torch.float64).view(k, 5)
+    ranks_of = {i: list(layout.groups[g]) for g, experts in enumerate(layout.experts) for i in experts}
+    out = []
+    for i in range(k):
+        done, steps, loss, seconds, speed = table[i].tolist()
+        summary = ExpertSummary(expert=i, images=sizes[i], trained=bool(done), ranks=ranks_of.get(i, []))
+        if done:
+            summary.steps, summary.final_loss, summary.train_seconds, summary.images_per_second = int(steps), loss, seconds, speed
+            summary.checkpoint_dir = paths.expert_checkpoints(i)
+            summary.samples = fs.join(paths.expert_dir(i), "samples", f"step-{summary.steps:08d}.png")
+        out.append(summary)
+    return out

@@ -1,0 +1,78 @@
+"""Loading a graph data set from a store into memory for training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from strata._dgl import dgl
+from strata.runtime.config import DataConfig
+from strata.storage import layout
+from strata.storage.store import DatasetStore
+
+
+@dataclass
+class NodeData:
+    """A whole node-classification data set in memory."""
+
+    graph: object
+    feat: Tensor
+    label: Tensor
+    splits: dict[str, Tensor] = field(default_factory=dict)
+    num_classes: int = 0
+
+
+def to_dgl(indptr: np.ndarray, indices: np.ndarray, num_nodes: int, *, self_loops: bool) -> object:
+    """A DGLGraph from CSC arrays (in-edges grouped by destination)."""
+    graph = dgl.graph(
+        ("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), torch.empty(0, dtype=torch.int64))),
+        num_nodes=num_nodes,
+    )
+    if self_loops:
+        graph = dgl.add_self_loop(dgl.remove_self_loop(graph))
+    return graph
+
+
+def load_node_data(cfg: DataConfig, *, self_loops: bool, load_features: bool = True) -> NodeData:
+    """The data set in memory; with ``load_features=False`` the features stay out of memory
+    (see :func:`spilled_features`): for training whose batches read them from the store."""
+    store = DatasetStore.open(cfg.store)
+    indptr, indices = store.csc()
+    if load_features:
+        feat = torch.from_numpy(store.features())
+        if cfg.normalize_features:
+            feat = feat / feat.sum(1, keepdim=True).clamp(min=1e-12)
+    else:
+        feat = spilled_features(store, normalize=cfg.normalize_features)
+    return NodeData(
+        graph=to_dgl(indptr, indices, store.meta.num_nodes, self_loops=self_loops),
+        feat=feat,
+        label=torch.from_numpy(store.labels()),
+        splits={name: torch.from_numpy(store.split(name)) for name in ("train", "valid", "test")},
+        num_classes=store.meta.num_classes,
+    )
+
+
+def spilled_features(store: DatasetStore, *, normalize: bool = False) -> Tensor:
+    """The feature matrix as a tensor over a memory-mapped local file, not held in memory.
+
+    The store's feature array is streamed chunk by chunk into an unnamed temporary file
+    (deleted once mapped; the mapping keeps it until the tensor is freed), so only pages that
+    are touched (full-graph evaluation) are read back, by the page cache, on demand.
+    """
+    import tempfile
+
+    rows, dim = store.meta.num_nodes, store.meta.feat_dim
+    with tempfile.NamedTemporaryFile(prefix="strata-feat-", suffix=".f32") as spill:
+        # Plain writes, not through the mapping: written pages never count as this process's memory.
+        for _, block in store.iter_blocks(layout.FEAT):
+            block = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+            if normalize:
+                block = block / block.sum(1, keepdim=True).clamp(min=1e-12)
+            spill.write(block.numpy().tobytes())
+        spill.flush()
+        feat = np.memmap(spill.name, dtype=np.float32, mode="c", shape=(rows, dim))
+    return torch.from_numpy(feat)
