@@ -234,7 +234,9 @@ def _mounts(cfg: K8sConfig) -> list[dict[str, Any]]:
     return mounts
 
 
-def _container(cfg: K8sConfig, name: str, command: list[str], env: list[dict[str, Any]], extra_ports: list[dict[str, Any]]) -> dict[str, Any]:
+def _container(
+    cfg: K8sConfig, name: str, command: list[str], env: list[dict[str, Any]], extra_ports: list[dict[str, Any]]
+) -> dict[str, Any]:
     ports = extra_ports + [
         {"name": _metrics_port_name(r), "containerPort": cfg.metrics_port + r, "protocol": "TCP"}
         for r in range(cfg.procs_per_node)

@@ -78,7 +78,7 @@ class ImageClassifier(nn.Module):
         }
 
     @classmethod
-    def from_config(cls, config: dict) -> "ImageClassifier":
+    def from_config(cls, config: dict) -> ImageClassifier:
         size = config["image_size"]
         return cls(
             int(config["channels"]),

@@ -15,7 +15,7 @@ compute exactly what single-process training computes.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -201,7 +201,7 @@ def run_layers(layers: Sequence[nn.Module], graphs: object, h: Tensor, h0: Tenso
     """Apply ``layers`` in order; a list of blocks is consumed one block per graph layer."""
     blocks = list(graphs) if isinstance(graphs, (list, tuple)) else None
     if blocks is not None and len(blocks) != sum(1 for layer in layers if layer.uses_graph):
-        raise ValueError(f"got {len(blocks)} blocks for {sum(1 for l in layers if l.uses_graph)} graph layers")
+        raise ValueError(f"got {len(blocks)} blocks for {sum(1 for layer in layers if layer.uses_graph)} graph layers")
     for layer in layers:
         graph = (blocks.pop(0) if layer.uses_graph else None) if blocks is not None else graphs
         h, h0 = layer(graph, h, h0)

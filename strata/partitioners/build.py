@@ -30,7 +30,7 @@ from strata.storage.store import DatasetStore
 
 
 def build(
-    store: "DatasetStore | str",
+    store: DatasetStore | str,
     assignment: np.ndarray,
     name: str,
     halo_hops: int = 1,
@@ -143,7 +143,7 @@ def _report(
     )
 
 
-def partition_store(store: "DatasetStore | str", cfg: PartitionConfig, progress: bool = False) -> QualityReport:
+def partition_store(store: DatasetStore | str, cfg: PartitionConfig, progress: bool = False) -> QualityReport:
     """Assign with ``cfg.method`` and build partition ``cfg.partition_name``: what ``strata partition`` runs."""
     store = store if isinstance(store, DatasetStore) else DatasetStore.open(store)
     graph = StoreGraph(store)

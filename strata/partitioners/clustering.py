@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -88,7 +88,7 @@ class ClusterResult:
 ReadRows = Callable[[int, int], np.ndarray]
 
 
-def cluster_store(store: "DatasetStore | str", key: str, cfg: KMeansConfig, progress: bool = False) -> ClusterResult:
+def cluster_store(store: DatasetStore | str, key: str, cfg: KMeansConfig, progress: bool = False) -> ClusterResult:
     """Cluster the rows of array ``key`` of ``store`` into ``cfg.num_clusters`` clusters."""
     store = store if isinstance(store, DatasetStore) else DatasetStore.open(store)
     if not store.has(key):

@@ -139,7 +139,7 @@ class PartitionWriter:
         self.tmp = fs.sibling_temp(self.url)
         fs.makedirs(self.tmp)
 
-    def __enter__(self) -> "PartitionWriter":
+    def __enter__(self) -> PartitionWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -216,7 +216,7 @@ class PartitionSet:
         )
 
 
-def open_partition(store: "DatasetStore | str", name: str) -> PartitionSet:
+def open_partition(store: DatasetStore | str, name: str) -> PartitionSet:
     """Open partition ``name`` of a store, refusing one that is incomplete or made for another graph."""
     store = store if isinstance(store, DatasetStore) else DatasetStore.open(store)
     url = partition_url(store.url, name)

@@ -9,8 +9,8 @@ so a store whose ``graph/indices`` does not fit in memory can still be partition
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Union
 
 import numpy as np
 
@@ -176,7 +176,7 @@ class StoreGraph(GraphSource):
             yield start, block.astype(np.int64, copy=False)
 
 
-GraphLike = Union[GraphSource, DatasetStore, str, tuple]
+GraphLike = GraphSource | DatasetStore | str | tuple
 
 
 def as_graph(graph: GraphLike) -> GraphSource:

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -48,7 +48,7 @@ def metis_assign(graph: GraphSource, cfg: PartitionConfig, progress: bool = Fals
     return np.asarray(parts.numpy() if hasattr(parts, "numpy") else parts, dtype=np.int32)
 
 
-def _constraints(graph: GraphSource, indptr: np.ndarray) -> tuple["object | None", bool]:
+def _constraints(graph: GraphSource, indptr: np.ndarray) -> tuple[object | None, bool]:
     """Training/non-training as node types and in-degree as edge weight, where METIS can use them.
 
     A constraint whose weights are all zero makes METIS divide by zero and kill the process,

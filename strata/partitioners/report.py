@@ -6,8 +6,9 @@ import dataclasses
 import json
 import resource
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +38,7 @@ class Balance:
     max_over_mean: float
 
     @classmethod
-    def of(cls, counts: Sequence[int]) -> "Balance":
+    def of(cls, counts: Sequence[int]) -> Balance:
         counts = [int(c) for c in counts]
         mean = sum(counts) / max(len(counts), 1)
         return cls(counts, (max(counts) / mean) if mean > 0 else 1.0)
@@ -76,7 +77,7 @@ class QualityReport:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "QualityReport":
+    def from_json(cls, text: str) -> QualityReport:
         raw = json.loads(text)
         for key in ("nodes", "edges", "train_nodes"):
             raw[key] = Balance(**raw[key])

@@ -15,8 +15,8 @@ for layers that use the graph (DGL aggregates on the narrower side), and activat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from strata.errors import PartitionError
 
@@ -62,7 +62,7 @@ def layer_costs(model: object, in_dim: int, num_nodes: int, num_edges: int, dtyp
 
     from strata._dgl import dgl
 
-    layers = list(getattr(model, "layers"))
+    layers = list(model.layers)
     probe = dgl.graph(([0, 1, 0, 1], [1, 0, 0, 1]), num_nodes=2)
     h, h0 = torch.zeros(2, int(in_dim)), None
     costs = []

@@ -11,8 +11,9 @@ import dataclasses
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import zarr
@@ -44,7 +45,7 @@ class DatasetMeta:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> "DatasetMeta":
+    def from_json(cls, text: str, where: str) -> DatasetMeta:
         try:
             raw = json.loads(text)
             known = {f.name for f in dataclasses.fields(cls)}
@@ -68,7 +69,7 @@ class ArrayAppender:
     """Appends rows to one zarr array, hashing them on the way, so arrays larger than
     memory are written chunk by chunk."""
 
-    def __init__(self, array: zarr.Array, key: str, check: "Any" = None) -> None:
+    def __init__(self, array: zarr.Array, key: str, check: Any = None) -> None:
         self.array = array
         self.key = key
         self.rows = 0
@@ -131,7 +132,7 @@ class DatasetWriter:
         self._appenders: dict[str, ArrayAppender] = {}
         self._last_indptr: int | None = None
 
-    def __enter__(self) -> "DatasetWriter":
+    def __enter__(self) -> DatasetWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -252,7 +253,7 @@ class DatasetStore:
         self.group = group
 
     @classmethod
-    def open(cls, url: str) -> "DatasetStore":
+    def open(cls, url: str) -> DatasetStore:
         url = str(url).rstrip("/")
         if not fs.exists(url):
             raise StoreError(f"no dataset store at '{url}': the path does not exist; create one with 'strata ingest'")

@@ -33,7 +33,7 @@ def _human(nbytes: float) -> str:
     return f"{nbytes} B"
 
 
-def _describe_images(store: "DatasetStore") -> None:
+def _describe_images(store: DatasetStore) -> None:
     from strata.storage import fs, layout
 
     info = store.meta.arrays[layout.IMAGES]
@@ -82,9 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if store.has(layout.INDPTR):
         degrees = np.diff(store.read(layout.INDPTR))
         print(
-            "in-degree: min {} / median {:.0f} / mean {:.2f} / max {} / isolated {:,}".format(
-                degrees.min(), np.median(degrees), degrees.mean(), degrees.max(), int((degrees == 0).sum())
-            )
+            f"in-degree: min {degrees.min()} / median {np.median(degrees):.0f} / mean {degrees.mean():.2f} / "
+            f"max {degrees.max()} / isolated {int((degrees == 0).sum()):,}"
         )
     if args.verify:
         problems = store.verify()

@@ -236,7 +236,7 @@ def run_synthetic_images(args: argparse.Namespace) -> int:
     return _report_images(url, meta)
 
 
-def _report_images(url: str, meta: "DatasetMeta") -> int:
+def _report_images(url: str, meta: DatasetMeta) -> int:
     extra = meta.extra
     shape = "x".join(str(v) for v in extra["image_shape"])
     classes = f"{meta.num_classes} classes" if meta.num_classes else "unlabelled"

@@ -41,7 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--host-cache-bytes", type=_size, default=None, metavar="BYTES",
         help="host budget the hot set is sized for, e.g. 256MiB (default: features.host_cache_bytes' default)",
     )
-    p.add_argument("--group-size", type=int, default=32, help="steps packed per group; each group is one sequential pass over the feature array (memory: one group's rows)")
+    p.add_argument(
+        "--group-size", type=int, default=32,
+        help="steps packed per group; each group is one sequential pass over the feature array (memory: one group's rows)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a pack made with other settings")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -50,9 +53,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _size(text: str) -> int:
     units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "b": 1}
     lowered = text.strip().lower()
-    for unit, factor in units.items():
+    for unit, scale in units.items():
         if lowered.endswith(unit):
-            number = lowered[: -len(unit)].strip()
+            number, factor = lowered[: -len(unit)].strip(), scale
             break
     else:
         number, factor = lowered, 1

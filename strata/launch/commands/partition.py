@@ -44,7 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing partition of that name")
     p.add_argument("--seed", type=int, default=0, help="seed of random and of streaming tie-breaks (default 0)")
     s = p.add_argument_group("streaming (fennel, ldg)")
-    s.add_argument("--passes", type=int, default=0, help="passes over the edges, at most (default: ldg 1, fennel 10; fennel stops early once nodes stop moving)")
+    s.add_argument(
+        "--passes", type=int, default=0,
+        help="passes over the edges, at most (default: ldg 1, fennel 10; fennel stops early once nodes stop moving)",
+    )
     s.add_argument("--slack", type=float, default=0.05, help="parts hold at most (1+SLACK)*N/PARTS nodes (default 0.05)")
     s.add_argument("--no-grow", action="store_true", help="fennel: skip the growth passes from seed nodes")
     s.add_argument("--chunk-edges", type=int, default=1 << 20, help="edges read per chunk (default 1048576)")

@@ -78,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(asdict(result)))
         return 0
     what = f"step {result.step} of '{result.source}'" if result.kind == "model" else f"expert set '{result.source}' ({result.mixture})"
-    print(f"{result.num_samples} samples from {what} in {result.seconds:.1f}s ({result.sampler}, {result.steps} steps, guidance {result.guidance:g})")
+    how = f"{result.sampler}, {result.steps} steps, guidance {result.guidance:g}"
+    print(f"{result.num_samples} samples from {what} in {result.seconds:.1f}s ({how})")
     if result.expert_share:
         print("expert share: " + ", ".join(f"{i}: {share:.2f}" for i, share in enumerate(result.expert_share)))
     if result.match_rate is not None:

@@ -190,7 +190,7 @@ class PackManifest:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> "PackManifest":
+    def from_json(cls, text: str, where: str) -> PackManifest:
         try:
             raw = json.loads(text)
             known = {f.name for f in dataclasses.fields(cls)}
@@ -225,7 +225,7 @@ class PackSummary:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> "PackSummary":
+    def from_json(cls, text: str, where: str) -> PackSummary:
         try:
             raw = json.loads(text)
             return cls(**{f.name: raw[f.name] for f in dataclasses.fields(cls)})
@@ -253,7 +253,7 @@ class GroupIndex:
         return json.dumps({"entries": [dataclasses.astuple(e) for e in self.entries]})
 
     @classmethod
-    def from_json(cls, text: str, where: str) -> "GroupIndex":
+    def from_json(cls, text: str, where: str) -> GroupIndex:
         try:
             return cls([Entry(*map(int, e)) for e in json.loads(text)["entries"]])
         except (ValueError, TypeError, KeyError) as exc:
@@ -334,7 +334,8 @@ def check_segment(
         )
     magic, h_epoch, h_step, rows, nbytes, crc, inputs = SEGMENT_HEADER.unpack_from(buf, 0)
     expected = 4 * inputs + entry.rows * feat_dim * dtype.itemsize
-    if magic != SEGMENT_MAGIC or (h_epoch, h_step, rows) != (epoch, step, entry.rows) or nbytes != expected or nbytes + SEGMENT_HEADER.size != entry.length:
+    header_ok = magic == SEGMENT_MAGIC and (h_epoch, h_step, rows) == (epoch, step, entry.rows)
+    if not header_ok or nbytes != expected or nbytes + SEGMENT_HEADER.size != entry.length:
         raise PackError(
             f"{where}: segment header of epoch {epoch} step {step} does not match its marker "
             f"(found epoch {h_epoch} step {h_step} rows {rows}); the pack is corrupt; re-run 'strata pack --overwrite'"

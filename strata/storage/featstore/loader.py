@@ -105,7 +105,10 @@ class PackedLoader:
         manifest, summary = reader.manifest, reader.summary
         fallback = ChunkedRows(store, max_read_bytes=cfg.max_read_bytes)
         if (fallback.dim, str(fallback.dtype)) != (manifest.feat_dim, manifest.dtype):
-            raise PackError(f"pack '{reader.url}' holds {manifest.dtype} rows of width {manifest.feat_dim}, the store {fallback.dtype} of width {fallback.dim}")
+            raise PackError(
+                f"pack '{reader.url}' holds {manifest.dtype} rows of width {manifest.feat_dim}, "
+                f"the store {fallback.dtype} of width {fallback.dim}"
+            )
         device = device or torch.device("cpu")
         row_bytes = manifest.row_bytes
         hot = reader.hot_ids()  # hottest first: ranks [0, D) on the device, [D, D + H) on the host

@@ -14,8 +14,9 @@ generator returns. An exception in a worker is re-raised in the consuming thread
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable, Iterable, Iterator, TypeVar
+from typing import TypeVar
 
 from strata.errors import StoreError
 

@@ -146,7 +146,7 @@ class PackReader:
         verify: bool = True,
         spill_dir: str = "",
         counters: FeatureCounters | None = None,
-    ) -> "PackReader":
+    ) -> PackReader:
         """Open the pack at ``url``; ``expected`` are the fingerprint fields of the run it must serve."""
         url = str(url).rstrip("/")
         manifest_url = fs.join(url, fmt.MANIFEST)

@@ -55,7 +55,8 @@ def _pick(arrays: dict[str, np.ndarray], key: str, source: str, required: bool =
         if alias in arrays:
             return alias, arrays[alias]
     if required:
-        raise IngestError(f"'{source}' has no '{key}' array (looked for {', '.join(_ALIASES[key])}; found {', '.join(sorted(arrays)) or 'none'})")
+        found = ", ".join(sorted(arrays)) or "none"
+        raise IngestError(f"'{source}' has no '{key}' array (looked for {', '.join(_ALIASES[key])}; found {found})")
     return None, None
 
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 import io
 import logging
 import posixpath
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -391,7 +392,13 @@ def _write(
 
 
 def image_meta(
-    count: int, chw: tuple[int, int, int], labels: np.ndarray | None, *, layout: str, dtype: np.dtype | str, value_range: tuple[float, float]
+    count: int,
+    chw: tuple[int, int, int],
+    labels: np.ndarray | None,
+    *,
+    layout: str,
+    dtype: np.dtype | str,
+    value_range: tuple[float, float],
 ) -> dict[str, Any]:
     """What an image store's marker records besides its arrays."""
     return {
