@@ -65,11 +65,11 @@ def main() -> None:
         ExpertPaths,
         read_clusters,
         train_experts,
-        train_router,
     )
     from strata.runtime.diffusion.generate import SampleConfig, sample
     from strata.runtime.diffusion.image_data import load_image_data
     from strata.runtime.diffusion.model_loading import read_manifest, write_manifest
+    from strata.runtime.diffusion.router_training import train_router
     from strata.runtime.diffusion.trainer import train_diffusion
     from strata.runtime.dist.comm import Comm
     from strata.runtime.metrics import TrainingMetrics

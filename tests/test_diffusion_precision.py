@@ -14,9 +14,15 @@ from strata.errors import ConfigError
 from strata.models.diffusion.config import build_diffusion
 from strata.models.diffusion.schedule import NoiseSchedule
 from strata.runtime.diffusion.config import DiffusionTrainConfig
-from strata.runtime.diffusion.engines import DataParallelEngine, global_batch
-from strata.runtime.diffusion.trainer import build_engine, uses_bf16
+from strata.runtime.diffusion.engines import (
+    DataParallelEngine,
+    EngineContext,
+    global_batch,
+)
+from strata.runtime.diffusion.registry import build_engine
+from strata.runtime.diffusion.trainer import batch_rows, uses_bf16
 from strata.runtime.dist.comm import Comm
+from strata.runtime.loop import autocast
 from tests.dist_utils import run_workers
 from tests.test_diffusion_training import MODEL, NOISE, TRAIN, tiny_images, train
 
@@ -27,11 +33,12 @@ def _output_dtypes(bf16: bool) -> tuple[set[torch.dtype], nn.Module]:
     # Non-zero output weights, so the forward is not trivially zero at step 0.
     for p in model.parameters():
         nn.init.normal_(p, std=0.05)
-    engine = DataParallelEngine(model, NoiseSchedule(NOISE), Comm(0, 1), TRAIN.optimizer, bf16=bf16)
+    engine = DataParallelEngine(model, NoiseSchedule(NOISE), Comm(0, 1), TRAIN.optimizer)
     seen: set[torch.dtype] = set()
     hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype)) for m in model.modules() if isinstance(m, nn.Linear)]
     batch = global_batch(tiny_images(), 0, batch_size=8, seed=0, timesteps=NOISE.timesteps, null_label=4, label_dropout=0.1)
-    engine.train_step([batch])
+    with autocast("cpu", bf16):  # as the loop runs every forward and backward
+        engine.forward_backward(batch, 1.0)
     for hook in hooks:
         hook.remove()
     return seen, model
@@ -59,7 +66,8 @@ def test_precision_config_errors() -> None:
         DiffusionTrainConfig(precision="bf16", executor="pipeline")
     cfg = dataclasses.replace(TRAIN, precision="bf16", engine="deepspeed")
     with pytest.raises(ConfigError, match="engine=deepspeed needs a CUDA device"):
-        build_engine(cfg, build_diffusion(MODEL), NoiseSchedule(NOISE), Comm(0, 1), "cpu")
+        comm = Comm(0, 1)
+        build_engine(EngineContext(cfg, build_diffusion(MODEL), NoiseSchedule(NOISE), comm, "cpu", batch_rows(cfg, comm), True))
 
 
 def _bf16_worker(topology, run_dir: str, cfg: DiffusionTrainConfig) -> dict:

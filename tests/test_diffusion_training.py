@@ -119,13 +119,15 @@ def test_gradient_accumulation_computes_the_whole_batch_gradient() -> None:
     from strata.models.diffusion.config import build_diffusion
     from strata.models.diffusion.schedule import NoiseSchedule
     from strata.runtime.diffusion.engines import DataParallelEngine
+    from strata.runtime.loop import micro_scales
 
     batch = global_batch(tiny_images(), 0, batch_size=16, seed=0, timesteps=100, null_label=4, label_dropout=0.2)
     grads, losses = [], []
     for parts in (1, 4):
         torch.manual_seed(0)
         engine = DataParallelEngine(build_diffusion(MODEL), NoiseSchedule(NOISE), Comm(0, 1), dataclasses.replace(TRAIN, grad_clip=0).optimizer)
-        losses.append(engine.train_step(batch.split(parts)))
+        micro = batch.split(parts)
+        losses.append(sum(engine.forward_backward(b, scale).loss for b, scale in zip(micro, micro_scales(micro))))
         grads.append({n: p.grad.clone() for n, p in engine.module.named_parameters()})
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
     _close(grads[0], grads[1], atol=1e-6)

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 
 from strata.errors import ConfigError
 
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Values of a job's ``precision`` key."""
+
 
 @dataclass
 class DataConfig:

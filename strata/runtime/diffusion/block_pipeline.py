@@ -25,8 +25,9 @@ from strata.models.diffusion.layered import run_layers
 from strata.models.diffusion.schedule import NoiseSchedule
 from strata.partitioners.stages import split_stages
 from strata.runtime.diffusion.config import OptimizerConfig
-from strata.runtime.diffusion.engines import DiffusionBatch
+from strata.runtime.diffusion.engines import DiffusionBatch, EngineContext
 from strata.runtime.dist.comm import Comm
+from strata.runtime.loop import ExecutorStats, StepOutput
 from strata.runtime.pipeline.schedule import (
     SCHEDULES,
     Backward,
@@ -103,7 +104,7 @@ class BlockPipelineEngine:
         params = [p for layer in self.layers for p in layer.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=opt.lr, weight_decay=opt.weight_decay)
         self.params = params
-        self.stats = PipelineStats()
+        self.last_pass = PipelineStats()
         self.steps = 0
 
     @property
@@ -117,20 +118,22 @@ class BlockPipelineEngine:
     def _empty(self, slots: list[Slot], rows: int) -> list[Tensor]:
         return [torch.empty((rows, *s.shape), dtype=s.dtype, device=self.device) for s in slots]
 
-    def train_step(self, micro_batches: list[DiffusionBatch]) -> float:
-        """One optimizer step on the whole global batch (the trainer's micro-batches are joined
-        and re-cut into this pipeline's chunks)."""
-        batch = micro_batches[0] if len(micro_batches) == 1 else _join(micro_batches)
+    def forward_backward(self, batch: DiffusionBatch, scale: float) -> StepOutput:
+        """Forward and backward of the whole global batch, cut into this pipeline's chunks."""
+        self.module.train()
+        loss = self._run_pass(batch.split(self.chunks))  # non-zero on the last stage only
+        return StepOutput(loss=loss * scale, samples=len(batch) if self.first else 0)
+
+    def optimizer_step(self) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = self.opt.lr_at(self.steps)
-        self.module.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self._run_pass(batch.split(self.chunks))
         self._clip()
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
-        (loss,) = self.comm.sum_floats([loss])  # only the last stage's is non-zero
-        return loss
+
+    def stats(self) -> ExecutorStats:
+        return ExecutorStats(bubble_ratio=self.last_pass.bubble_ratio)
 
     def _run_pass(self, chunks: list[DiffusionBatch]) -> float:
         program = self.program_of(self.stage, self.num_stages, len(chunks))
@@ -187,8 +190,8 @@ class BlockPipelineEngine:
                 raise TypeError(f"unknown pipeline instruction {op!r}")
         for work, _ in pending:
             work.wait()
-        self.stats.busy_seconds = busy
-        self.stats.pass_seconds = time.perf_counter() - started
+        self.last_pass.busy_seconds = busy
+        self.last_pass.pass_seconds = time.perf_counter() - started
         return loss_total
 
     def _clip(self) -> None:
@@ -221,5 +224,8 @@ class BlockPipelineEngine:
         pass
 
 
-def _join(batches: list[DiffusionBatch]) -> DiffusionBatch:
-    return DiffusionBatch(*(torch.cat([getattr(b, f) for b in batches]) for f in ("x0", "y", "t", "noise")))
+def build(ctx: EngineContext) -> BlockPipelineEngine:
+    """One stage per rank over the model's blocks; every stage sees every micro-batch."""
+    cfg = ctx.cfg
+    return BlockPipelineEngine(ctx.model, ctx.schedule, ctx.comm, cfg.optimizer, chunks=cfg.pipeline_chunks,
+                               schedule_name=cfg.pipeline_schedule)

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from strata.errors import ConfigError
+from strata.runtime.config import PRECISIONS
 
 
 @dataclass
@@ -21,8 +22,6 @@ class OptimizerConfig:
 
 ENGINES = ("ddp", "deepspeed")
 
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass

@@ -28,15 +28,15 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from strata.errors import ConfigError
 from strata.models.diffusion.schedule import NoiseSchedule
-from strata.runtime.diffusion.config import OptimizerConfig
+from strata.runtime.diffusion.config import DiffusionTrainConfig, OptimizerConfig
 from strata.runtime.diffusion.image_data import ImageData
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.replicas import all_reduce_gradients, broadcast_parameters
+from strata.runtime.loop import ExecutorStats, StepOutput
 
 
 @dataclass
@@ -120,16 +120,17 @@ def diffusion_loss(model: nn.Module, schedule: NoiseSchedule, batch: DiffusionBa
 
 
 class DiffusionEngine(Protocol):
-    """Runs the optimizer step of one global batch on this rank."""
+    """Runs the steps of a diffusion job on this rank (see :class:`strata.runtime.loop.Executor`)."""
 
     name: str
     module: nn.Module
     """The model being trained (its weights feed the EMA and samplers)."""
 
-    def train_step(self, micro_batches: list[DiffusionBatch]) -> float:
-        """Forward, backward and optimizer step; returns the global batch's mean loss, the
-        same on every rank."""
-        ...
+    def forward_backward(self, batch: DiffusionBatch, scale: float) -> StepOutput: ...
+
+    def optimizer_step(self) -> None: ...
+
+    def stats(self) -> ExecutorStats: ...
 
     def optimizer_state(self) -> dict: ...
 
@@ -143,37 +144,50 @@ class DiffusionEngine(Protocol):
     def close(self) -> None: ...
 
 
+@dataclass
+class EngineContext:
+    """Everything an engine's ``build`` may use."""
+
+    cfg: DiffusionTrainConfig
+    model: nn.Module
+    schedule: NoiseSchedule
+    comm: Comm
+    device: str
+    rows: slice
+    """This rank's rows of every global batch."""
+    bf16: bool
+    """Whether forward passes run in bfloat16 (the loop autocasts unless the engine does it itself)."""
+
+
 class DataParallelEngine:
     """Replicas kept identical by averaging gradients over all ranks through :class:`Comm`."""
 
     name = "ddp"
 
-    def __init__(
-        self, model: nn.Module, schedule: NoiseSchedule, comm: Comm, opt: OptimizerConfig, *, bf16: bool = False, device: str = "cpu"
-    ) -> None:
+    def __init__(self, model: nn.Module, schedule: NoiseSchedule, comm: Comm, opt: OptimizerConfig) -> None:
         self.module, self.schedule, self.comm, self.opt = model, schedule, comm, opt
-        self.bf16, self.device_type = bf16, torch.device(device).type
         broadcast_parameters(model, comm)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
         self.steps = 0
 
-    def train_step(self, micro_batches: list[DiffusionBatch]) -> float:
+    def forward_backward(self, batch: DiffusionBatch, scale: float) -> StepOutput:
+        self.module.train()
+        loss = diffusion_loss(self.module, self.schedule, batch).float()
+        (loss * scale).backward()
+        return StepOutput(loss=float(loss.detach()) * scale / self.comm.world_size, samples=len(batch))
+
+    def optimizer_step(self) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = self.opt.lr_at(self.steps)
-        self.module.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for batch in micro_batches:
-            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.bf16):
-                loss = diffusion_loss(self.module, self.schedule, batch).float()
-            (loss / len(micro_batches)).backward()
-            total += float(loss.detach())
         all_reduce_gradients(self.module.parameters(), self.comm, average=True)
         if self.opt.grad_clip:
             nn.utils.clip_grad_norm_(self.module.parameters(), self.opt.grad_clip)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
-        return _global_mean(total / len(micro_batches), self.comm)
+
+    def stats(self) -> ExecutorStats:
+        return ExecutorStats()
 
     def optimizer_state(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "steps": self.steps}
@@ -189,128 +203,6 @@ class DataParallelEngine:
         pass
 
 
-class DeepSpeedEngine:
-    """DeepSpeed ZeRO stage 1 or 2 over the default process group (a one-rank group is formed
-    when the job has a single process, since DeepSpeed needs one)."""
-
-    def __init__(
-        self, model: nn.Module, schedule: NoiseSchedule, comm: Comm, opt: OptimizerConfig, *,
-        zero_stage: int, micro_batch: int, accum: int, device: str, bf16: bool = False,
-    ) -> None:
-        import os
-
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if device.startswith("cuda") else "cpu")
-        # DeepSpeed insists on a launcher's LOCAL_RANK; our topology already chose the device.
-        os.environ.setdefault("LOCAL_RANK", device.partition(":")[2] or "0")
-        import deepspeed
-        import deepspeed.comm
-
-        self.name = f"deepspeed_zero{zero_stage}"
-        self.schedule, self.comm, self.opt, self.accum = schedule, comm, opt, accum
-        self._own_group = not dist.is_initialized()
-        if self._own_group:
-            dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-        self.config = deepspeed_config(
-            zero_stage=zero_stage, micro_batch=micro_batch, accum=accum, world_size=comm.world_size,
-            grad_clip=opt.grad_clip, bf16=bf16,
-        )
-        broadcast_parameters(model, comm)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=self.config, dist_init_required=False
-        )
-        self.module = self.engine.module
-        self._logger = deepspeed.comm.comms_logger
-        self._reported: dict[str, int] = {}
-        self.steps = 0
-
-    def train_step(self, micro_batches: list[DiffusionBatch]) -> float:
-        if len(micro_batches) != self.accum:
-            raise ValueError(f"DeepSpeed was configured for {self.accum} micro-batches per step, got {len(micro_batches)}")
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.opt.lr_at(self.steps)
-        self.engine.train()
-        total = 0.0
-        for batch in micro_batches:
-            loss = diffusion_loss(self.engine, self.schedule, batch)
-            self.engine.backward(loss)
-            self.engine.step()
-            total += float(loss.detach().float())
-        self.steps += 1
-        self._report_traffic()
-        return _global_mean(total / len(micro_batches), self.comm)
-
-    def _report_traffic(self) -> None:
-        """Feed the bytes DeepSpeed's comms logger saw since the last step to the Comm's sink."""
-        for op, sizes in self._logger.comms_dict.items():
-            sent = sum(int(size) * int(record[0]) for size, record in sizes.items())
-            new = sent - self._reported.get(op, 0)
-            if new > 0:
-                self._reported[op] = sent
-                self.comm.record(f"deepspeed_{op}", new, 0.0)
-
-    def optimizer_state(self) -> dict:
-        # Checkpoints hold tensors and plain containers only (they are loaded weights_only), so
-        # DeepSpeed's own objects (its loss scaler) stay out; loading takes them from the engine.
-        plain = {k: v for k, v in ((k, _plain(v)) for k, v in self.optimizer.state_dict().items()) if v is not _DROP}
-        return {"optimizer": plain, "steps": self.steps}
-
-    def load_optimizer_state(self, state: dict) -> None:
-        merged = {**self.optimizer.state_dict(), **state["optimizer"]}
-        # The ZeRO optimizer takes every rank's partition in a list and picks its own.
-        self.optimizer.load_state_dict([merged] * self.comm.world_size, load_from_fp32_weights=True)
-        self.steps = int(state["steps"])
-
-    def assemble(self, model: nn.Module) -> None:
-        pass
-
-    def close(self) -> None:
-        self.engine.destroy()
-        if self._own_group:
-            dist.destroy_process_group()
-
-
-def deepspeed_config(*, zero_stage: int, micro_batch: int, accum: int, world_size: int, grad_clip: float, bf16: bool) -> dict:
-    """DeepSpeed's JSON config, generated from ours."""
-    config: dict = {
-        "train_batch_size": micro_batch * accum * world_size,
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": accum,
-        "zero_optimization": {"stage": zero_stage},
-        # Our optimizer is torch's AdamW, which ZeRO partitions like its own.
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 2**31 - 1,
-        "comms_logger": {"enabled": True, "verbose": False, "prof_all": True, "debug": False},
-    }
-    if grad_clip:
-        config["gradient_clipping"] = grad_clip
-    if bf16:
-        config["bf16"] = {"enabled": True}
-    return config
-
-
-def _global_mean(value: float, comm: Comm) -> float:
-    if comm.world_size == 1:
-        return value
-    (total,) = comm.sum_floats([value])
-    return total / comm.world_size
-
-
-_DROP = object()
-
-
-def _plain(value: object) -> object:
-    """``value`` as tensors and built-in containers and scalars (enums become their values),
-    or _DROP where it holds anything else."""
-    if isinstance(value, Tensor) or value is None or type(value) in (int, float, str, bool):
-        return value
-    for kind in (bool, int, float, str):  # subclasses such as IntEnum become the built-in
-        if isinstance(value, kind):
-            return kind(value)
-    if isinstance(value, (list, tuple)):
-        items = [_plain(v) for v in value]
-        return _DROP if any(v is _DROP for v in items) else items
-    if isinstance(value, dict):
-        items = {k: _plain(v) for k, v in value.items()}
-        return _DROP if any(v is _DROP or not isinstance(k, (str, int)) for k, v in items.items()) else items
-    return _DROP
+def build(ctx: EngineContext) -> DataParallelEngine:
+    """Replicas over all ranks, gradients averaged through strata's counted collectives."""
+    return DataParallelEngine(ctx.model, ctx.schedule, ctx.comm, ctx.cfg.optimizer)

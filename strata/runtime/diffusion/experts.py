@@ -38,17 +38,12 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from strata.errors import ConfigError, StrataError
 from strata.models.diffusion.config import DiffusionModelConfig, NoiseConfig
-from strata.models.diffusion.router import Router
-from strata.models.diffusion.schedule import NoiseSchedule
 from strata.partitioners.clustering import KMeansConfig, cluster_store
-from strata.runtime import checkpointing
 from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
 from strata.runtime.diffusion.config import DiffusionTrainConfig, ExpertsConfig
-from strata.runtime.diffusion.engines import global_batch, rank_rows
 from strata.runtime.diffusion.image_data import (
     ImageData,
     load_image_data,
@@ -60,18 +55,15 @@ from strata.runtime.diffusion.model_loading import (
     relative_to,
     write_manifest,
 )
+from strata.runtime.diffusion.router_training import RouterSummary, train_router
 from strata.runtime.diffusion.trainer import check_model_fits, executor_label, fit
 from strata.runtime.dist.comm import COUNTED_OPS, Comm
-from strata.runtime.dist.replicas import all_reduce_gradients, broadcast_parameters
 from strata.runtime.dist.topology import Topology, single_process
 from strata.runtime.metrics import TrainingMetrics
 from strata.storage import fs
 from strata.storage.layout import IMAGES
 
 log = logging.getLogger(__name__)
-
-SMALL_T = 50
-"""Timesteps below this count as 'small t' in the router's reported accuracy."""
 
 
 @dataclass(frozen=True)
@@ -201,100 +193,6 @@ def subset(data: ImageData, rows: torch.Tensor) -> ImageData:
 
 
 # -- router ------------------------------------------------------------------------------------
-
-
-@dataclass
-class RouterSummary:
-    steps: int
-    final_loss: float
-    accuracy_small_t: float
-    """Share of noisy images with t < 50 whose cluster the router names (from x_t and t alone)."""
-    accuracy_all_t: float
-    """The same over t uniform in [0, T)."""
-    accuracy_all_t_given_class: float | None
-    """A router with labels, told each image's class: its accuracy over t uniform in [0, T)
-    (the two above are measured with the null label). None without labels."""
-    train_seconds: float
-    checkpoint_dir: str
-
-
-def router_accuracy(
-    router: Router, schedule: NoiseSchedule, images: torch.Tensor, clusters: torch.Tensor, *, t_max: int,
-    labels: torch.Tensor | None = None, samples: int = 2048, seed: int = 1,
-) -> float:
-    """Share of ``samples`` images, noised at t uniform in [0, t_max), whose cluster ``router``
-    predicts; told their class ``labels`` when given (else the null label)."""
-    g = torch.Generator().manual_seed(seed)
-    rows = torch.randint(0, len(images), (samples,), generator=g)
-    t = torch.randint(0, t_max, (samples,), generator=g)
-    noise = torch.randn((samples, *images.shape[1:]), generator=g)
-    device = next(router.parameters()).device
-    y = None if labels is None else labels[rows].to(device)
-    with torch.no_grad():
-        x_t = schedule.q_sample(images[rows], t, noise).to(device)
-        predicted = router.eval()(x_t, t.to(device), y).argmax(-1).cpu()
-    return float((predicted == clusters[rows]).float().mean())
-
-
-def train_router(
-    data: ImageData, clusters: torch.Tensor, noise_cfg: NoiseConfig, cfg: ExpertsConfig, *, seed: int, root: str,
-    keep: int, every_steps: int, comm: Comm, metrics: TrainingMetrics, device: str, resume: bool, log_every: int,
-) -> RouterSummary:
-    """Train the router on every image of ``data`` (``clusters`` its targets), data parallel
-    over the ranks of ``comm``: each step's batch is drawn like a diffusion batch (images,
-    timesteps, noise, dropped labels) and each rank takes its rows; gradients are averaged
-    over all ranks."""
-    num_classes = data.num_classes if cfg.router_labels and data.labels is not None else 0
-    torch.manual_seed(seed)
-    router = Router(image_shape=data.image_shape, num_clusters=cfg.num_experts, hidden=cfg.router_hidden, num_classes=num_classes)
-    router = router.to(device)
-    schedule = NoiseSchedule(noise_cfg).to(device)
-    broadcast_parameters(router, comm)
-    optimizer = torch.optim.AdamW(router.parameters(), lr=cfg.router_lr)
-    meta = {"num_clusters": cfg.num_experts, "hidden": cfg.router_hidden, "image_shape": list(data.image_shape),
-            "num_classes": num_classes}
-    targets = ImageData(data.images, clusters, cfg.num_experts)
-    rows = rank_rows(cfg.router_batch_size, 1, comm.rank, comm.world_size)
-    step, loss, seconds = 0, math.nan, 0.0
-    found = checkpointing.restore(root, comm) if resume else None
-    if found is not None:
-        step, shard = found
-        checkpointing.load_states(step, root, {"router": (router, shard["model"]), "router optimizer": (optimizer, shard["optimizer"])})
-        loss = float(shard["loop"]["loss"])
-    router.train()
-    while step < cfg.router_steps:
-        # The same (seed, step) draws twice: once with the clusters as labels (the targets),
-        # once with the classes, some dropped (the router's condition).
-        draw = {"step": step, "batch_size": cfg.router_batch_size, "seed": seed, "timesteps": schedule.timesteps, "rows": rows}
-        batch = global_batch(targets, null_label=cfg.num_experts, label_dropout=0.0, **draw).to(device)
-        y = None
-        if num_classes:
-            y = global_batch(data, null_label=num_classes, label_dropout=cfg.router_label_dropout, **draw).y.to(device)
-        started = time.perf_counter()
-        logits = router(schedule.q_sample(batch.x0, batch.t, batch.noise), batch.t, y)  # (rows, k)
-        local = F.cross_entropy(logits, batch.y)
-        optimizer.zero_grad(set_to_none=True)
-        local.backward()
-        all_reduce_gradients(router.parameters(), comm, average=True)
-        optimizer.step()
-        (total,) = comm.sum_floats([float(local.detach())])
-        loss = total / comm.world_size
-        seconds += time.perf_counter() - started
-        step += 1
-        if log_every and step % log_every == 0:
-            metrics.log("router_step", step=step, loss=loss)
-        if every_steps and step % every_steps == 0 and step < cfg.router_steps:
-            _save_router(root, step, router, optimizer, loss, meta, keep, comm)
-    _save_router(root, step, router, optimizer, loss, meta, keep, comm)
-    small = router_accuracy(router, schedule, data.images, clusters, t_max=min(SMALL_T, schedule.timesteps))
-    overall = router_accuracy(router, schedule, data.images, clusters, t_max=schedule.timesteps)
-    given = router_accuracy(router, schedule, data.images, clusters, t_max=schedule.timesteps, labels=data.labels) if num_classes else None
-    return RouterSummary(step, loss, small, overall, given, seconds, root)
-
-
-def _save_router(root: str, step: int, router: Router, optimizer: torch.optim.Optimizer, loss: float, meta: dict, keep: int, comm: Comm) -> None:
-    shard = {"model": router.state_dict(), "optimizer": optimizer.state_dict(), "loop": {"step": step, "loss": loss}, "meta": meta}
-    checkpointing.save(root, step, shard, keep=keep, comm=comm)
 
 
 # -- the job -----------------------------------------------------------------------------------

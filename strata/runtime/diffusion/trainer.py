@@ -1,30 +1,26 @@
-"""The training loop of a diffusion job, in one process or in each of many.
+"""Diffusion training on the one loop, in one process or in each of many.
 
-Reads top to bottom: load the images, build the model, its noise schedule and the engine that
-runs a step (DDP, DeepSpeed ZeRO, or a pipeline over the model's blocks), resume if asked,
-then for every step draw the global batch of that step, take this rank's rows, let the engine
-train on them, update the EMA of the weights, and now and then log, checkpoint and write a
-PNG grid of class-conditional samples from the EMA weights.
+Reads top to bottom: load the images, build the model, its noise schedule and the engine the
+config names (DDP, DeepSpeed ZeRO, or a pipeline over the model's blocks; the registry builds
+it), then hand a :class:`DiffusionJob` to :func:`strata.runtime.loop.run_loop`: every step
+draws the global batch of that step, takes this rank's rows as ``grad_accum`` micro-batches,
+and after the step updates the EMA of the weights and now and then logs and writes a PNG
+grid of class-conditional samples from the EMA weights.
 
-Checkpoints, metrics, the process group and the counted collectives are the GNN trainer's;
-only the step differs. A step's batch is a pure function of (seed, step), so the step number
-is the data position, and a run killed and resumed from a checkpoint continues the
-uninterrupted run's loss curve.
+A step's batch is a pure function of (seed, step), so the step number is the data position,
+and a run killed and resumed from a checkpoint continues the uninterrupted run's loss curve.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from strata.errors import ConfigError, StrataError
+from strata.errors import ConfigError
 from strata.models.diffusion.config import (
     DiffusionModelConfig,
     NoiseConfig,
@@ -37,30 +33,23 @@ from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
 from strata.runtime.diffusion.config import DiffusionTrainConfig
 from strata.runtime.diffusion.ema import EMA
 from strata.runtime.diffusion.engines import (
-    DataParallelEngine,
-    DeepSpeedEngine,
+    DiffusionBatch,
     DiffusionEngine,
+    EngineContext,
     global_batch,
     rank_rows,
 )
 from strata.runtime.diffusion.image_data import ImageData, load_image_data
 from strata.runtime.diffusion.image_grid import write_grid
 from strata.runtime.diffusion.model_loading import model_card
+from strata.runtime.diffusion.registry import build_engine, engine_name
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.topology import Topology, single_process
+from strata.runtime.loop import LoopConfig, LoopState, resolve_bf16, run_loop
 from strata.runtime.metrics import TrainingMetrics
 from strata.storage import fs
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DiffusionState:
-    """Where the loop is; saved in every checkpoint. ``step`` is also the data position."""
-
-    step: int = 0
-    images_seen: int = 0
-    last_loss: float = math.nan
 
 
 @dataclass
@@ -112,28 +101,11 @@ def batch_rows(cfg: DiffusionTrainConfig, comm: Comm) -> slice:
 
 
 def uses_bf16(cfg: DiffusionTrainConfig, device: str) -> bool:
-    """Whether training on ``device`` runs its forward passes in bfloat16, per ``cfg.precision``."""
-    if cfg.precision == "auto":
-        return cfg.executor != "pipeline" and device.startswith("cuda") and torch.cuda.is_bf16_supported()
-    return cfg.precision == "bf16"
-
-
-def build_engine(cfg: DiffusionTrainConfig, model: nn.Module, schedule: NoiseSchedule, comm: Comm, device: str) -> DiffusionEngine:
-    rows = batch_rows(cfg, comm)
-    if cfg.executor == "pipeline":
-        from strata.runtime.diffusion.block_pipeline import BlockPipelineEngine
-
-        return BlockPipelineEngine(model, schedule, comm, cfg.optimizer, chunks=cfg.pipeline_chunks, schedule_name=cfg.pipeline_schedule)
-    bf16 = uses_bf16(cfg, device)
-    if cfg.engine == "deepspeed":
-        if bf16 and not device.startswith("cuda"):
-            raise ConfigError("diffusion.precision=bf16 with engine=deepspeed needs a CUDA device here; use engine=ddp for bf16 on CPU")
-        micro = (rows.stop - rows.start) // cfg.grad_accum
-        return DeepSpeedEngine(
-            model, schedule, comm, cfg.optimizer, zero_stage=cfg.zero_stage, micro_batch=micro, accum=cfg.grad_accum,
-            device=device, bf16=bf16,
-        )
-    return DataParallelEngine(model, schedule, comm, cfg.optimizer, bf16=bf16, device=device)
+    """Whether training on ``device`` runs its forward passes in bfloat16, per ``cfg.precision``
+    ('auto': on CUDA GPUs that support it, except in the pipeline, whose messages are fp32)."""
+    if cfg.precision == "auto" and cfg.executor == "pipeline":
+        return False
+    return resolve_bf16(cfg.precision, device, section="diffusion")
 
 
 @torch.no_grad()
@@ -163,7 +135,7 @@ def train_diffusion(
     resume: bool = False,
     progress: bool = True,
     topology: Topology | None = None,
-    on_step: Callable[[DiffusionState], None] | None = None,
+    on_step: Callable[[LoopState], None] | None = None,
 ) -> DiffusionResult:
     """Train a diffusion model on every rank of ``topology`` (default: this one process).
 
@@ -183,14 +155,14 @@ def train_diffusion(
     )
     try:
         comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
-        metrics.log(
-            "start",
-            config={"data": asdict(data_cfg), "diffusion_model": asdict(model_cfg), "noise": asdict(noise_cfg), "diffusion": asdict(cfg)},
-            world_size=topology.world_size, launcher=topology.launcher, restart_count=topology.restart_count,
-        )
+        start = {
+            "config": {"data": asdict(data_cfg), "diffusion_model": asdict(model_cfg), "noise": asdict(noise_cfg), "diffusion": asdict(cfg)},
+            "world_size": topology.world_size, "launcher": topology.launcher, "restart_count": topology.restart_count,
+        }
         result = fit(
             data, model_cfg, noise_cfg, cfg, ckpt_cfg, comm=comm, metrics=metrics, run_dir=run_dir, device=topology.device,
             resume=resume or topology.restart_count > 0, progress=progress and topology.is_main, on_step=on_step,
+            start_record=start,
         )
         result.comm_bytes = comm.bytes_over_ranks()
         result.metrics_log, result.metrics_port = jsonl, metrics.port
@@ -199,6 +171,70 @@ def train_diffusion(
         return result
     finally:
         metrics.close()
+
+
+class DiffusionJob:
+    """What diffusion training plugs into the loop: one epoch of ``diffusion.steps`` steps."""
+
+    def __init__(self, engine: DiffusionEngine, data: ImageData, schedule: NoiseSchedule, cfg: DiffusionTrainConfig, *,
+                 comm: Comm, metrics: TrainingMetrics, run_dir: str, card: dict, device: str) -> None:
+        self.executor = engine
+        self.engine, self.data, self.schedule, self.cfg = engine, data, schedule, cfg
+        self.comm, self.metrics, self.run_dir, self.card, self.device = comm, metrics, run_dir, card, device
+        self.ema = EMA(engine.module, cfg.ema_decay)
+        self.rows = batch_rows(cfg, comm)
+        self.null_label = engine.module.null_label
+        self.grid_url = ""
+        self.last_grid_step = -1
+        self.images_trained = 0
+        """Images of the global batches this run trained on (all ranks together)."""
+
+    def steps_per_epoch(self) -> int:
+        return self.cfg.steps
+
+    def steps(self, epoch: int, start: int) -> Iterator[list[DiffusionBatch]]:
+        cfg = self.cfg
+        for step in range(start, cfg.steps):
+            batch = global_batch(
+                self.data, step, batch_size=cfg.batch_size, seed=cfg.seed, timesteps=self.schedule.timesteps,
+                null_label=self.null_label, label_dropout=cfg.label_dropout, rows=self.rows,
+            ).to(self.device)
+            # The pipeline cuts the whole batch into its own chunks.
+            yield [batch] if cfg.executor == "pipeline" else batch.split(cfg.grad_accum)
+
+    def after_step(self, state: LoopState) -> None:
+        self.ema.update(self.engine.module)
+        cfg = self.cfg
+        self.images_trained += cfg.batch_size
+        if cfg.log_every and state.step % cfg.log_every == 0:
+            self.metrics.log("step", step=state.step, loss=state.last_loss)
+        if cfg.sample_every and state.step % cfg.sample_every == 0:
+            self.write_samples(state.step)
+
+    def end_epoch(self, state: LoopState) -> bool:
+        return True  # never called: the job has no epochs
+
+    def write_samples(self, step: int) -> None:
+        """Rank 0 samples from the EMA weights; the others wait so no rank runs ahead."""
+        url = fs.join(self.run_dir, "samples", f"step-{step:08d}.png")
+        averaged = self.ema.averaged(self.engine.module)
+        self.engine.assemble(averaged)
+        if self.comm.rank == 0:
+            sample_grid(averaged, self.schedule, self.data.num_classes, self.cfg, url)
+        self.comm.barrier()
+        self.grid_url, self.last_grid_step = url, step
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.card,  # what the weights are, so `strata sample` can rebuild the model from a run directory
+            "model": self.engine.module.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.engine.optimizer_state(),
+        }
+
+    def load_state_dict(self, shard: dict[str, Any], step: int, root: str) -> None:
+        checkpointing.load_states(step, root, {"model": (self.engine.module, shard["model"]), "EMA": (self.ema, shard["ema"])})
+        checkpointing.load_states(step, root, {"optimizer": (_OptimizerSlot(self.engine), shard["optimizer"])})
 
 
 def fit(
@@ -214,69 +250,37 @@ def fit(
     device: str = "cpu",
     resume: bool = False,
     progress: bool = False,
-    on_step: Callable[[DiffusionState], None] | None = None,
+    on_step: Callable[[LoopState], None] | None = None,
+    start_record: dict[str, Any] | None = None,
 ) -> DiffusionResult:
-    """The loop itself: train one model on ``data`` over the ranks of ``comm`` (the whole job,
-    or one expert's group), checkpointing under ``run_dir`` unless ``ckpt_cfg.dir`` says otherwise."""
+    """Train one model on ``data`` over the ranks of ``comm`` (the whole job, or one expert's
+    group), checkpointing under ``run_dir`` unless ``ckpt_cfg.dir`` says otherwise."""
     ckpt_root = ckpt_cfg.dir or fs.join(run_dir, "checkpoints")
-    card = model_card(model_cfg, noise_cfg, cfg.executor)
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_diffusion(model_cfg).to(device)
     schedule = NoiseSchedule(noise_cfg).to(device)
+    bf16 = uses_bf16(cfg, device)
     engine: DiffusionEngine | None = None
-    bar = None
     try:
-        engine = build_engine(cfg, model, schedule, comm, device)
-        ema = EMA(engine.module, cfg.ema_decay)
-        rows = batch_rows(cfg, comm)
-        samples_per_step = (rows.stop - rows.start) if cfg.executor != "pipeline" else cfg.batch_size * (comm.rank == 0)
-        state = DiffusionState()
-        if resume:
-            state = _restore(ckpt_root, engine, ema, comm) or state
-            metrics.log("resumed", step=state.step)
-        train_seconds, grid_url, images_trained = 0.0, "", 0
-        bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", disable=not progress)
-        while state.step < cfg.steps:
-            batch = global_batch(
-                data, state.step, batch_size=cfg.batch_size, seed=cfg.seed, timesteps=schedule.timesteps,
-                null_label=model.null_label, label_dropout=cfg.label_dropout, rows=rows,
-            ).to(device)
-            t0 = time.perf_counter()
-            loss = engine.train_step(batch.split(cfg.grad_accum))
-            ema.update(engine.module)
-            seconds = time.perf_counter() - t0
-            if not math.isfinite(loss):
-                raise StrataError(f"the training loss became {loss} at step {state.step}; lower diffusion.lr or raise grad_clip")
-            train_seconds += seconds
-            images_trained += cfg.batch_size
-            state.step += 1
-            state.images_seen += cfg.batch_size
-            state.last_loss = loss
-            metrics.step(seconds=seconds, samples=samples_per_step, loss=loss)
-            if hasattr(engine, "stats"):
-                metrics.bubble.set(engine.stats.bubble_ratio)
-            if cfg.log_every and state.step % cfg.log_every == 0:
-                metrics.log("step", step=state.step, loss=loss, images_per_second=cfg.batch_size / seconds)
-            if cfg.sample_every and state.step % cfg.sample_every == 0:
-                grid_url = _write_samples(engine, ema, schedule, data.num_classes, cfg, run_dir, state.step, comm)
-            if ckpt_cfg.every_steps and state.step % ckpt_cfg.every_steps == 0:
-                _save(ckpt_root, state, engine, ema, ckpt_cfg.keep, comm, card)
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}")
-            if on_step is not None:
-                on_step(state)
-        _save(ckpt_root, state, engine, ema, ckpt_cfg.keep, comm, card)
-        if not (cfg.sample_every and state.step % cfg.sample_every == 0):
-            grid_url = _write_samples(engine, ema, schedule, data.num_classes, cfg, run_dir, state.step, comm)
+        engine = build_engine(EngineContext(cfg, model, schedule, comm, device, batch_rows(cfg, comm), bf16))
+        job = DiffusionJob(engine, data, schedule, cfg, comm=comm, metrics=metrics, run_dir=run_dir,
+                           card=model_card(model_cfg, noise_cfg, cfg.executor), device=device)
+        loop_cfg = LoopConfig(
+            epochs=0, max_steps=cfg.steps, grad_accum=cfg.grad_accum, bf16=bf16 and engine_name(cfg) != "deepspeed",
+            checkpoint_dir=ckpt_root, every_steps=ckpt_cfg.every_steps, keep=ckpt_cfg.keep, progress=progress,
+        )
+        state = run_loop(job, loop_cfg, comm=comm, metrics=metrics, device=device, resume=resume, on_step=on_step,
+                         start_record=start_record)
+        if job.last_grid_step != state.step:
+            job.write_samples(state.step)
+        images = job.images_trained
         return DiffusionResult(
-            steps=state.step, final_loss=state.last_loss, train_seconds=train_seconds,
-            images_per_second=images_trained / train_seconds if train_seconds else 0.0,
-            run_dir=run_dir, checkpoint_dir=ckpt_root, metrics_log="", samples=grid_url,
+            steps=state.step, final_loss=state.last_loss, train_seconds=state.train_seconds,
+            images_per_second=images / state.train_seconds if state.train_seconds else 0.0,
+            run_dir=run_dir, checkpoint_dir=ckpt_root, metrics_log="", samples=job.grid_url,
             executor=executor_label(cfg), world_size=comm.world_size,
         )
     finally:
-        if bar is not None:
-            bar.close()
         if engine is not None:
             engine.close()
 
@@ -285,43 +289,6 @@ def executor_label(cfg: DiffusionTrainConfig) -> str:
     if cfg.executor != "data_parallel":
         return f"diffusion_{cfg.executor}"
     return "diffusion_ddp" if cfg.engine == "ddp" else f"diffusion_zero{cfg.zero_stage}"
-
-
-def _write_samples(
-    engine: DiffusionEngine, ema: EMA, schedule: NoiseSchedule, num_classes: int, cfg: DiffusionTrainConfig,
-    run_dir: str, step: int, comm: Comm,
-) -> str:
-    """Rank 0 samples from the EMA weights; the others wait so no rank runs ahead."""
-    url = fs.join(run_dir, "samples", f"step-{step:08d}.png")
-    averaged = ema.averaged(engine.module)
-    engine.assemble(averaged)
-    if comm.rank == 0:
-        sample_grid(averaged, schedule, num_classes, cfg, url)
-    comm.barrier()
-    return url
-
-
-def _save(root: str, state: DiffusionState, engine: DiffusionEngine, ema: EMA, keep: int, comm: Comm, card: dict) -> None:
-    shard = {
-        "config": card,  # what the weights are, so `strata sample` can rebuild the model from a run directory
-        "model": engine.module.state_dict(),
-        "ema": ema.state_dict(),
-        "optimizer": engine.optimizer_state(),
-        "torch_rng": torch.get_rng_state(),
-        "loop": asdict(state),
-    }
-    checkpointing.save(root, state.step, shard, keep=keep, comm=comm)
-
-
-def _restore(root: str, engine: DiffusionEngine, ema: EMA, comm: Comm) -> DiffusionState | None:
-    found = checkpointing.restore(root, comm)
-    if found is None:
-        return None
-    step, shard = found
-    checkpointing.load_states(step, root, {"model": (engine.module, shard["model"]), "EMA": (ema, shard["ema"])})
-    checkpointing.load_states(step, root, {"optimizer": (_OptimizerSlot(engine), shard["optimizer"])})
-    torch.set_rng_state(shard["torch_rng"])
-    return DiffusionState(**shard["loop"])
 
 
 @dataclass

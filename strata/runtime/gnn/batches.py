@@ -54,11 +54,16 @@ class Batch:
     """Output rows whose loss counts."""
     y: Tensor
 
+    def __len__(self) -> int:
+        return len(self.seeds)
+
 
 class BatchSource(Protocol):
     def steps_per_epoch(self) -> int: ...
 
     def epoch(self, epoch: int, start: int) -> Iterator[Batch]: ...
+
+    def close(self) -> None: ...
 
 
 class FullGraphBatches:
@@ -74,6 +79,9 @@ class FullGraphBatches:
     def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
         if start == 0:
             yield Batch(self.data.graph, self.data.feat, self.train, self.data.label[self.train])
+
+    def close(self) -> None:
+        pass
 
 
 def _train_ids(data: NodeData) -> np.ndarray:
@@ -105,6 +113,9 @@ class SampledBatches:
             sampled = sample_step(self.sampler, self.plan, order, epoch, step)
             x = gather_rows(self.data.feat, sampled.input_nodes)
             yield _batch(self.data, sampled.to_blocks(), x, sampled.output_nodes)
+
+    def close(self) -> None:
+        pass
 
 
 def gather_rows(feat: Tensor, ids: np.ndarray) -> Tensor:

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from strata.errors import ConfigError
 from strata.partitioners.config import METHODS as PARTITION_METHODS
+from strata.runtime.config import PRECISIONS
+from strata.runtime.gnn.registry import EXECUTORS, FULL_GRAPH
 from strata.runtime.pipeline.schedule import SCHEDULES
-
-EXECUTORS = ("full", "minibatch", "graph_parallel", "layer_pipeline")
 
 
 @dataclass
@@ -46,6 +46,14 @@ class TrainConfig:
     """Seed of parameters, dropout, shuffling and sampling."""
     max_steps: int = 0
     """Stop after this many steps in total; 0 = no limit."""
+    grad_accum: int = 1
+    """minibatch: micro-batches per optimizer step. Each step's batch_size seeds are sampled as
+    grad_accum micro-batches (ceil(batch_size / processes / grad_accum) seeds each, one after
+    another, so memory holds one), whose gradients add up to the whole batch's."""
+    precision: str = "auto"
+    """'auto' (bf16 on CUDA GPUs that support it, fp32 on CPU), 'fp32', or 'bf16' (forward passes
+    autocast to bfloat16 on any device; weights, gradients and optimizer state stay fp32).
+    full and minibatch only: graph_parallel and layer_pipeline exchange fp32 messages."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("", "full", "minibatch"):
@@ -77,6 +85,20 @@ class TrainConfig:
             raise ConfigError(f"train.batch_size must be at least 1, got {self.batch_size}")
         if not self.fanouts or any(f < 1 and f != -1 for f in self.fanouts):
             raise ConfigError(f"train.fanouts must be a non-empty list of positive ints (or -1 for all), got {self.fanouts}")
+        if self.grad_accum < 1:
+            raise ConfigError(f"train.grad_accum must be at least 1, got {self.grad_accum}")
+        if self.grad_accum > 1 and self.executor in FULL_GRAPH:
+            raise ConfigError(
+                f"train.grad_accum is {self.grad_accum}, but train.executor '{self.executor}' takes one full-graph step "
+                "per epoch, which already covers every training node; use train.executor=minibatch or grad_accum: 1"
+            )
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.precision == "bf16" and self.executor in ("graph_parallel", "layer_pipeline"):
+            raise ConfigError(
+                f"train.precision=bf16 is for the full and minibatch executors; '{self.executor}' exchanges fp32 "
+                "embeddings between processes. Use precision auto or fp32"
+            )
         if self.patience < 0 or self.max_steps < 0:
             raise ConfigError("train.patience and train.max_steps must be >= 0")
 

@@ -1,85 +1,48 @@
-"""The training loop of a node-classification job, in one process or in each of many.
+"""Node classification on the one training loop, in one process or in each of many.
 
-Reads top to bottom: build data, model and the executor that runs the steps, resume if
-asked, then for each epoch run the steps of that epoch (one full-graph step, one step per
-sampled mini-batch, or one graph-parallel step), checkpoint every N steps, evaluate, stop
-early, and finally report test accuracy of the best model.
+Reads top to bottom: build the model and the executor the config names (the registry builds
+it; this module never names one), hand both to :func:`strata.runtime.loop.run_loop` as a
+:class:`NodeClassificationJob` (steps of ``grad_accum`` micro-batches, evaluation after every
+epoch, the best weights by validation accuracy, early stopping), then report the test
+accuracy of the best weights.
 
 With several processes (a :class:`Topology` with world size > 1, inside
-:func:`strata.runtime.dist.process_group.process_group`) every rank runs this same loop; the
+:func:`strata.runtime.dist.process_group.process_group`) every rank runs this same code; the
 executor keeps the replicas in step, every rank writes its checkpoint shard and rank 0
 commits it, and rank 0 alone writes the JSON-lines log.
-
-Every random choice is a pure function of (seed, epoch, step) or lives in the torch RNG
-state that checkpoints carry, so a run resumed from a checkpoint makes exactly the steps the
-uninterrupted run would have made.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
+import functools
 import logging
 import math
-import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable
+from typing import Any, Callable, Iterator
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
-from tqdm.auto import tqdm
+from torch import Tensor
 
 from strata.errors import ConfigError, StrataError
 from strata.models.config import ModelConfig
-from strata.models.gnn import LayeredModel, build_gnn
-from strata.partitioners import assign
-from strata.partitioners.stages import assign_stages
+from strata.models.gnn import build_gnn
 from strata.runtime import checkpointing
 from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.topology import Topology, single_process
-from strata.runtime.gnn.batches import FeatureOptions, StoreBatches, make_batches
 from strata.runtime.gnn.config import PipelineConfig, TrainConfig
 from strata.runtime.gnn.data import NodeData, load_node_data
-from strata.runtime.gnn.executors.base import Executor
-from strata.runtime.gnn.executors.graph_parallel import (
-    GraphParallelExecutor,
-    global_csc,
-)
-from strata.runtime.gnn.executors.layer_pipeline import LayerPipelineExecutor
-from strata.runtime.gnn.executors.minibatch import (
-    DataParallelExecutor,
-    evaluate_full_graph,
-    rank_data,
-)
-from strata.runtime.gnn.executors.partition import local_partition
-from strata.runtime.gnn.executors.pipeline_layout import (
-    PipelineLayout,
-    chunks_within_parts,
-)
-from strata.runtime.gnn.part_data import load_part, part_data_in_memory
+from strata.runtime.gnn.executors.base import BuildContext, GNNExecutor
+from strata.runtime.gnn.registry import build_executor
+from strata.runtime.loop import LoopConfig, LoopState, resolve_bf16, run_loop
 from strata.runtime.metrics import TrainingMetrics
 from strata.storage import fs
 from strata.storage.featstore.config import FeaturesConfig
 from strata.storage.store import DatasetStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class LoopState:
-    """Where the loop is; saved in every checkpoint."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    best_val_acc: float = -1.0
-    best_val_loss: float = math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    last_loss: float = math.nan
 
 
 @dataclass
@@ -105,86 +68,76 @@ class TrainResult:
     """Bytes sent by each collective op, summed over all ranks (empty with one process)."""
 
 
-# -- evaluation ----------------------------------------------------------------------------
+@dataclass
+class BestSoFar:
+    """The early-stopping bookkeeping; saved in every checkpoint."""
+
+    val_acc: float = -1.0
+    val_loss: float = math.inf
+    epoch: int = -1
+    bad_epochs: int = 0
 
 
-def evaluate(model: LayeredModel, data: NodeData) -> dict[str, float]:
-    """Loss and accuracy of every split, from one full-graph forward pass."""
-    return evaluate_full_graph(model, data)
+class NodeClassificationJob:
+    """What node classification plugs into the loop."""
 
+    def __init__(self, executor: GNNExecutor, optimizer: torch.optim.Optimizer, cfg: TrainConfig, metrics: TrainingMetrics) -> None:
+        self.executor = executor
+        self.model = executor.model
+        self.optimizer = optimizer
+        self.cfg = cfg
+        self.metrics = metrics
+        self.best = BestSoFar()
+        self.best_weights: dict[str, Tensor] = copy.deepcopy(self.model.state_dict())
 
-# -- executors -----------------------------------------------------------------------------
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.executor.steps_per_epoch() / self.cfg.grad_accum)
 
+    def steps(self, epoch: int, start: int) -> Iterator[list[Any]]:
+        """The executor's micro-batches, ``grad_accum`` to a step (the last step of an epoch may have fewer)."""
+        step: list[Any] = []
+        for batch in self.executor.epoch(epoch, start * self.cfg.grad_accum):
+            step.append(batch)
+            if len(step) == self.cfg.grad_accum:
+                yield step
+                step = []
+        if step:
+            yield step
 
-def graph_parallel_executor(
-    cfg: TrainConfig, model: LayeredModel, data: NodeData | None, data_cfg: DataConfig, comm: Comm, topology: Topology
-) -> GraphParallelExecutor:
-    """This rank's part for graph_parallel: read with its share of the data from the store's
-    partition ``cfg.partition`` (``data`` is not needed), or assigned in memory over ``data``
-    by ``cfg.partitioner`` (rank 0 assigns, every rank gets its answer)."""
-    if cfg.partition:
-        part, share = load_part(data_cfg, cfg.partition, comm, self_loops=model.self_loops)
-        return GraphParallelExecutor(model, share, part, comm, device=topology.device)
-    assert data is not None, "graph_parallel without train.partition cuts the data set in memory"
-    indptr, indices = global_csc(data.graph)
-    num_nodes = len(indptr) - 1
-    if comm.rank == 0:
-        parts = torch.from_numpy(assign((indptr, indices), comm.world_size, cfg.seed, method=cfg.partitioner).astype(np.int64))
-    else:
-        parts = torch.empty(num_nodes, dtype=torch.int64)
-    assignment = comm.broadcast(parts, 0).numpy()
-    part = local_partition(indptr, indices, assignment, comm.rank, num_parts=comm.world_size)
-    return GraphParallelExecutor(model, part_data_in_memory(data, part), part, comm, device=topology.device)
+    def after_step(self, state: LoopState) -> None:
+        pass
 
+    def end_epoch(self, state: LoopState) -> bool:
+        scores = self.executor.evaluate()
+        best = self.best
+        acc, loss = scores.get("valid_acc", 0.0), scores.get("valid_loss", math.inf)
+        improved_acc, improved_loss = acc > best.val_acc, loss < best.val_loss
+        if improved_acc or (acc == best.val_acc and improved_loss):
+            self.best_weights = copy.deepcopy(self.model.state_dict())
+            best.epoch = state.epoch
+        best.bad_epochs = 0 if (improved_acc or improved_loss) else best.bad_epochs + 1
+        best.val_acc, best.val_loss = max(best.val_acc, acc), min(best.val_loss, loss)
+        train_loss = state.epoch_mean_loss
+        self.metrics.log("epoch", epoch=state.epoch, step=state.step, loss=train_loss, last_loss=state.last_loss, **scores)
+        state.scores = {"val_acc": acc} if "valid_acc" in scores else {}
+        return bool(self.cfg.patience) and best.bad_epochs >= self.cfg.patience
 
-def pipeline_executor(
-    cfg: TrainConfig, pipeline: PipelineConfig, model: LayeredModel, data: NodeData, comm: Comm, topology: Topology
-) -> LayerPipelineExecutor:
-    """``pipeline.stages`` stages (0 = one per process) of layers split by the cost model; with
-    fewer stages than processes, each stage graph-parallel over G = processes / stages ranks on
-    a G-part cut by ``pipeline.part_method``. Chunks are cut inside each part by
-    ``pipeline.chunk_method``. Rank 0 cuts, every rank gets its answer."""
-    layout = PipelineLayout.of(pipeline.stages, comm.world_size)
-    indptr, indices = global_csc(data.graph)
-    num_nodes = len(indptr) - 1
-    if pipeline.chunks > num_nodes // layout.groups:
-        raise ConfigError(
-            f"pipeline.chunks is {pipeline.chunks} but each of the {layout.groups} parts has about "
-            f"{num_nodes // layout.groups} nodes; use fewer chunks"
-        )
-    stages = assign_stages(model, layout.stages, data.feat.shape[1], num_nodes, len(indices))
-    cuts = torch.empty(2, num_nodes, dtype=torch.int64)
-    if comm.rank == 0:
-        graph = (indptr, indices)
-        part_of = np.zeros(num_nodes, dtype=np.int64)
-        if layout.groups > 1:
-            part_of = assign(graph, layout.groups, cfg.seed, method=pipeline.part_method).astype(np.int64)
-        chunk_of = chunks_within_parts(
-            indptr, indices, part_of, pipeline.chunks, lambda sub, k: assign(sub, k, cfg.seed, method=pipeline.chunk_method)
-        )
-        cuts = torch.from_numpy(np.stack([part_of, chunk_of]))
-    part_of, chunk_of = comm.broadcast(cuts, 0).numpy()
-    return LayerPipelineExecutor(
-        model, data, comm, stages=stages, chunk_of=chunk_of, part_of=part_of, cfg=pipeline,
-        device=topology.device, seed=cfg.seed,
-    )
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "best_model": self.best_weights,
+            "job": asdict(self.best),
+        }
 
-
-def build_executor(
-    cfg: TrainConfig, model: LayeredModel, data: NodeData | None, data_cfg: DataConfig, comm: Comm, topology: Topology,
-    features: FeaturesConfig | None = None,
-    pipeline: PipelineConfig | None = None,
-) -> Executor:
-    if cfg.executor == "layer_pipeline":
-        return pipeline_executor(cfg, pipeline or PipelineConfig(), model, data, comm, topology)
-    if cfg.executor == "graph_parallel":
-        return graph_parallel_executor(cfg, model, data, data_cfg, comm, topology)
-    # Each rank samples its part of every global batch from its own share of the training
-    # nodes; evaluation sees all of data.
-    options = FeatureOptions.of_job(features, data_cfg, model.self_loops)
-    rank_cfg = dataclasses.replace(cfg, batch_size=math.ceil(cfg.batch_size / comm.world_size))
-    batches = make_batches(rank_data(data, comm.rank, comm.world_size, cfg.seed), rank_cfg, model.num_graph_layers, options)
-    return DataParallelExecutor(cfg.executor, model, data, batches, comm, device=topology.device)
+    def load_state_dict(self, shard: dict[str, Any], step: int, root: str) -> None:
+        checkpointing.load_states(step, root, {"model": (self.model, shard["model"]), "optimizer": (self.optimizer, shard["optimizer"])})
+        self.best_weights = shard["best_model"]
+        if "job" in shard:
+            self.best = BestSoFar(**shard["job"])
+        else:  # written before the one loop: the bookkeeping was in the loop state
+            old = shard["loop"]
+            self.best = BestSoFar(old["best_val_acc"], old["best_val_loss"], old["best_epoch"], old["bad_epochs"])
 
 
 def _check_world(cfg: TrainConfig, topology: Topology) -> None:
@@ -200,31 +153,11 @@ def _check_world(cfg: TrainConfig, topology: Topology) -> None:
         )
 
 
-# -- checkpoints ---------------------------------------------------------------------------
-
-
-def _save(root: str, state: LoopState, model: nn.Module, optimizer: torch.optim.Optimizer, best: dict[str, Tensor], keep: int, comm: Comm) -> None:
-    shard = {
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "best_model": best,
-        "torch_rng": torch.get_rng_state(),
-        "loop": asdict(state),
-    }
-    checkpointing.save(root, state.global_step, shard, keep=keep, comm=comm)
-
-
-def _restore(root: str, model: nn.Module, optimizer: torch.optim.Optimizer, comm: Comm) -> tuple[LoopState, dict[str, Tensor]] | None:
-    found = checkpointing.restore(root, comm)
-    if found is None:
-        return None
-    step, shard = found
-    checkpointing.load_states(step, root, {"model": (model, shard["model"]), "optimizer": (optimizer, shard["optimizer"])})
-    torch.set_rng_state(shard["torch_rng"])
-    return LoopState(**shard["loop"]), shard["best_model"]
-
-
-# -- the loop ------------------------------------------------------------------------------
+def _data_loader(data_cfg: DataConfig, features: FeaturesConfig | None, self_loops: bool) -> Callable[[], NodeData]:
+    """Loads the data set once, on the first call; features stay in the store (spilled to a
+    memory-mapped file) when the features config serves batches from the store."""
+    in_memory = features is None or features.mode == "in_memory"
+    return functools.cache(lambda: load_node_data(data_cfg, self_loops=self_loops, load_features=in_memory))
 
 
 def train_node_classifier(
@@ -253,123 +186,60 @@ def train_node_classifier(
     fs.makedirs(run_dir)
     ckpt_root = ckpt_cfg.dir or fs.join(run_dir, "checkpoints")
     jsonl = metrics_cfg.jsonl or fs.join(run_dir, "metrics.jsonl")
-
-    probe = build_gnn(model_cfg, 1, 1)
-    if cfg.executor == "graph_parallel" and cfg.partition:
-        data = None  # each rank reads its part's share of the store (see load_part)
-        meta = DatasetStore.open(data_cfg.store).meta
-        feat_dim, num_classes = meta.feat_dim, meta.num_classes
-    else:
-        data = load_node_data(data_cfg, self_loops=probe.self_loops, load_features=features is None or features.mode == "in_memory")
-        feat_dim, num_classes = data.feat.shape[1], data.num_classes
-    model = build_gnn(model_cfg, feat_dim, num_classes).to(topology.device)
+    meta = DatasetStore.open(data_cfg.store).meta
+    # The probe draws from the seeded generator before the model, as runs always have: the same
+    # seed keeps giving the same initial weights.
+    self_loops = build_gnn(model_cfg, 1, 1).self_loops
+    model = build_gnn(model_cfg, meta.feat_dim, meta.num_classes).to(topology.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
     metrics = TrainingMetrics(
         metrics_cfg, rank=topology.rank, local_rank=topology.local_rank, executor=cfg.executor,
         jsonl_url=jsonl if topology.is_main else None,
     )
-    bar = None
-    store_batches = None
+    executor: GNNExecutor | None = None
     try:
         comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
-        executor = build_executor(cfg, model, data, data_cfg, comm, topology, features, pipeline)
-        if isinstance(getattr(executor, "batches", None), StoreBatches):
-            store_batches = executor.batches
+        executor = build_executor(BuildContext(
+            train=cfg, pipeline=pipeline or PipelineConfig(), features=features, data_cfg=data_cfg, model=model,
+            optimizer=optimizer, comm=comm, device=topology.device, load_data=_data_loader(data_cfg, features, self_loops),
+        ))
         if topology.is_distributed:
             torch.manual_seed(checkpointing.rank_seed(cfg.seed, topology.rank))
-
-        state, best = LoopState(), copy.deepcopy(model.state_dict())
-        if resume or topology.restart_count > 0:
-            restored = _restore(ckpt_root, model, optimizer, comm)
-            if restored is not None:
-                state, best = restored
-
-        metrics.log(
-            "start",
-            config={"data": asdict(data_cfg), "model": asdict(model_cfg), "train": asdict(cfg)},
-            resumed_at=state.global_step,
-            world_size=topology.world_size,
-            launcher=topology.launcher,
-            restart_count=topology.restart_count,
+        job = NodeClassificationJob(executor, optimizer, cfg, metrics)
+        loop_cfg = LoopConfig(
+            epochs=cfg.epochs, max_steps=cfg.max_steps, grad_accum=cfg.grad_accum,
+            bf16=resolve_bf16(cfg.precision, topology.device, section="train"), checkpoint_dir=ckpt_root,
+            every_steps=ckpt_cfg.every_steps, keep=ckpt_cfg.keep, progress=progress and topology.is_main,
         )
-        train_seconds, samples, stop = 0.0, 0, False
-        bar = tqdm(total=cfg.epochs, initial=state.epoch, desc="train", unit="epoch", disable=not (progress and topology.is_main))
-        for epoch in range(state.epoch, cfg.epochs):
-            batches = iter(executor.epoch(epoch, state.step_in_epoch))
-            while True:
-                waited = time.perf_counter()
-                batch = next(batches, None)
-                if batch is None:
-                    break
-                t0 = time.perf_counter()
-                metrics.data_wait.inc(t0 - waited)
-                step = executor.train_step(batch, optimizer)
-                seconds = time.perf_counter() - t0
-                train_seconds += seconds
-                samples += step.samples
-                state.global_step += 1
-                state.step_in_epoch += 1
-                state.last_loss = step.loss
-                metrics.step(seconds=seconds, samples=step.samples, loss=state.last_loss)
-                if isinstance(executor, LayerPipelineExecutor):
-                    metrics.bubble.set(executor.stats.bubble_ratio)
-                if store_batches is not None:
-                    counters = store_batches.counters
-                    metrics.observe_feature_totals(cache_hits=counters.cache_hits(), storage_read_bytes=counters.storage_read_bytes)
-                if ckpt_cfg.every_steps and state.global_step % ckpt_cfg.every_steps == 0:
-                    _save(ckpt_root, state, model, optimizer, best, ckpt_cfg.keep, comm)
-                if on_step is not None:
-                    on_step(state)
-                if cfg.max_steps and state.global_step >= cfg.max_steps:
-                    stop = True
-                    break
-            if stop and state.step_in_epoch < executor.steps_per_epoch():
-                break
-            state.epoch, state.step_in_epoch = epoch + 1, 0
-            scores = executor.evaluate()
-            improved_acc = scores.get("valid_acc", 0.0) > state.best_val_acc
-            improved_loss = scores.get("valid_loss", math.inf) < state.best_val_loss
-            if improved_acc or (scores.get("valid_acc", 0.0) == state.best_val_acc and improved_loss):
-                best = copy.deepcopy(model.state_dict())
-                state.best_epoch = epoch
-            state.bad_epochs = 0 if (improved_acc or improved_loss) else state.bad_epochs + 1
-            state.best_val_acc = max(state.best_val_acc, scores.get("valid_acc", 0.0))
-            state.best_val_loss = min(state.best_val_loss, scores.get("valid_loss", math.inf))
-            metrics.log("epoch", epoch=epoch, step=state.global_step, loss=state.last_loss, **scores)
-            bar.update(1)
-            bar.set_postfix(loss=f"{state.last_loss:.4f}", val_acc=f"{scores.get('valid_acc', 0):.4f}")
-            if stop or (cfg.patience and state.bad_epochs >= cfg.patience):
-                break
-        _save(ckpt_root, state, model, optimizer, best, ckpt_cfg.keep, comm)
-        model.load_state_dict(best)
-        final = executor.evaluate()
-        comm_bytes = comm.bytes_over_ranks() if comm.world_size > 1 else {}
-        # Throughput of the whole job: every rank's samples over rank 0's training time.
-        (samples,) = comm.sum_floats([float(samples)]) if comm.world_size > 1 else (samples,)
-        result = TrainResult(
-            epochs=state.epoch,
-            steps=state.global_step,
-            best_epoch=state.best_epoch,
-            val_acc=final.get("valid_acc", math.nan),
-            test_acc=final.get("test_acc", math.nan),
-            final_loss=state.last_loss,
-            train_seconds=train_seconds,
-            samples_per_second=samples / train_seconds if train_seconds else 0.0,
-            run_dir=run_dir,
-            checkpoint_dir=ckpt_root,
-            metrics_log=jsonl,
-            metrics_port=metrics.port,
-            executor=cfg.executor,
-            world_size=topology.world_size,
-            comm_bytes=comm_bytes,
-        )
-        metrics.log("end", **asdict(result))
-        metrics.push()
-        return result
+        start = {
+            "config": {"data": asdict(data_cfg), "model": asdict(model_cfg), "train": asdict(cfg)},
+            "world_size": topology.world_size, "launcher": topology.launcher, "restart_count": topology.restart_count,
+        }
+        state = run_loop(job, loop_cfg, comm=comm, metrics=metrics, device=topology.device,
+                         resume=resume or topology.restart_count > 0, on_step=on_step, start_record=start)
+        return _finish(job, state, comm, metrics, topology, run_dir=run_dir, ckpt_root=ckpt_root, jsonl=jsonl)
     finally:
-        if bar is not None:
-            bar.close()
-        if store_batches is not None:
-            store_batches.close()
+        if executor is not None:
+            executor.close()
         metrics.close()
+
+
+def _finish(job: NodeClassificationJob, state: LoopState, comm: Comm, metrics: TrainingMetrics, topology: Topology, *,
+            run_dir: str, ckpt_root: str, jsonl: str) -> TrainResult:
+    """Score the best weights and report the run."""
+    job.model.load_state_dict(job.best_weights)
+    final = job.executor.evaluate()
+    comm_bytes = comm.bytes_over_ranks() if comm.world_size > 1 else {}
+    # Throughput of the whole job: every rank's samples over this rank's training time.
+    (samples,) = comm.sum_floats([float(state.samples)]) if comm.world_size > 1 else (state.samples,)
+    result = TrainResult(
+        epochs=state.epoch, steps=state.step, best_epoch=job.best.epoch,
+        val_acc=final.get("valid_acc", math.nan), test_acc=final.get("test_acc", math.nan), final_loss=state.last_loss,
+        train_seconds=state.train_seconds,
+        samples_per_second=samples / state.train_seconds if state.train_seconds else 0.0,
+        run_dir=run_dir, checkpoint_dir=ckpt_root, metrics_log=jsonl, metrics_port=metrics.port,
+        executor=job.cfg.executor, world_size=topology.world_size, comm_bytes=comm_bytes,
+    )
+    metrics.log("end", **asdict(result))
+    metrics.push()
+    return result

@@ -26,12 +26,19 @@ from torch import Tensor
 from strata._dgl import dgl
 from strata.errors import ConfigError
 from strata.models.gnn import LayeredModel
+from strata.partitioners.assign import assign
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.replicas import all_reduce_gradients, broadcast_parameters
-from strata.runtime.gnn.executors.base import StepResult
+from strata.runtime.gnn.executors.base import (
+    BuildContext,
+    FullGraphStep,
+    score_sums,
+    split_scores,
+)
 from strata.runtime.gnn.executors.halo_exchange import exchange_halo
-from strata.runtime.gnn.executors.partition import LocalPartition
-from strata.runtime.gnn.part_data import PartData
+from strata.runtime.gnn.executors.partition import LocalPartition, local_partition
+from strata.runtime.gnn.part_data import PartData, load_part, part_data_in_memory
+from strata.runtime.loop import ExecutorStats, StepOutput
 
 
 def global_csc(graph: object) -> tuple[np.ndarray, np.ndarray]:
@@ -58,7 +65,10 @@ class GraphParallelExecutor:
 
     name = "graph_parallel"
 
-    def __init__(self, model: LayeredModel, data: PartData, part: LocalPartition, comm: Comm, *, device: str = "cpu") -> None:
+    def __init__(
+        self, model: LayeredModel, data: PartData, part: LocalPartition, comm: Comm,
+        optimizer: torch.optim.Optimizer | None = None, *, device: str = "cpu",
+    ) -> None:
         if part.num_parts != comm.world_size or part.rank != comm.rank:
             raise ConfigError(
                 f"rank {comm.rank} of {comm.world_size} got part {part.rank} of {part.num_parts}: "
@@ -73,6 +83,7 @@ class GraphParallelExecutor:
             )
         self.model = model.to(device)
         self.comm = comm
+        self.optimizer = optimizer
         self.device = device
         self.part = part
         self.block = csc_block(part.indptr, part.indices, data.out_deg, data.in_deg).to(device)
@@ -99,40 +110,59 @@ class GraphParallelExecutor:
     def steps_per_epoch(self) -> int:
         return 1
 
-    def epoch(self, epoch: int, start: int) -> Iterator[object]:
+    def epoch(self, epoch: int, start: int) -> Iterator[FullGraphStep]:
         if start == 0:
-            yield epoch
+            yield FullGraphStep(epoch)
 
-    def train_step(self, batch: object, optimizer: torch.optim.Optimizer) -> StepResult:
+    def forward_backward(self, batch: FullGraphStep, scale: float) -> StepOutput:
         self.model.train()
         train = self.splits["train"]
         logits = self.forward()
         # The global mean is a sum of per-rank sums over one global count.
-        loss = F.cross_entropy(logits[train], self.label[train], reduction="sum") / self.split_sizes["train"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss = F.cross_entropy(logits[train].float(), self.label[train], reduction="sum") / self.split_sizes["train"]
+        (loss * scale).backward()
+        return StepOutput(loss=loss.item() * scale, samples=len(train))
+
+    def optimizer_step(self) -> None:
+        assert self.optimizer is not None, "a graph_parallel executor built without an optimizer only evaluates"
         all_reduce_gradients(self.model.parameters(), self.comm, average=False)
-        optimizer.step()
-        (total,) = self.comm.sum_floats([loss.item()])
-        return StepResult(loss=total, samples=len(train))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def stats(self) -> ExecutorStats:
+        return ExecutorStats()
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
         logits = self.forward()
         names = [name for name, size in self.split_sizes.items() if size > 0]
-        sums = []
-        for name in names:
-            ids = self.splits[name]
-            sums.append(float(F.cross_entropy(logits[ids], self.label[ids], reduction="sum")) if len(ids) else 0.0)
-            sums.append(float((logits[ids].argmax(1) == self.label[ids]).sum()))
-        totals = self.comm.sum_floats(sums)
-        out = {}
-        for i, name in enumerate(names):
-            out[f"{name}_loss"] = totals[2 * i] / self.split_sizes[name]
-            out[f"{name}_acc"] = totals[2 * i + 1] / self.split_sizes[name]
-        return out
+        sums = [score_sums(logits[self.splits[name]], self.label[self.splits[name]]) for name in names]
+        return split_scores(names, [s[0] for s in sums], [s[1] for s in sums], self.split_sizes, self.comm)
+
+    def close(self) -> None:
+        pass
 
     def halo_rows(self) -> int:
         """Halo nodes of this rank: rows received per exchange."""
         return self.part.num_halo
+
+
+def build(ctx: BuildContext) -> GraphParallelExecutor:
+    """This rank's part: read with its share of the data from the store's partition
+    ``train.partition`` (the data set is never loaded whole), or assigned in memory by
+    ``train.partitioner`` (rank 0 assigns, every rank gets its answer)."""
+    cfg, comm = ctx.train, ctx.comm
+    if cfg.partition:
+        part, share = load_part(ctx.data_cfg, cfg.partition, comm, self_loops=ctx.model.self_loops)
+        return GraphParallelExecutor(ctx.model, share, part, comm, ctx.optimizer, device=ctx.device)
+    data = ctx.load_data()
+    indptr, indices = global_csc(data.graph)
+    num_nodes = len(indptr) - 1
+    if comm.rank == 0:
+        parts = torch.from_numpy(assign((indptr, indices), comm.world_size, cfg.seed, method=cfg.partitioner).astype(np.int64))
+    else:
+        parts = torch.empty(num_nodes, dtype=torch.int64)
+    assignment = comm.broadcast(parts, 0).numpy()
+    part = local_partition(indptr, indices, assignment, comm.rank, num_parts=comm.world_size)
+    return GraphParallelExecutor(ctx.model, part_data_in_memory(data, part), part, comm, ctx.optimizer, device=ctx.device)

@@ -64,18 +64,27 @@ from torch import Tensor, nn
 
 from strata.errors import ConfigError
 from strata.models.gnn import LayeredModel, run_layers
+from strata.partitioners.assign import assign
+from strata.partitioners.stages import assign_stages
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.replicas import all_reduce_gradients, broadcast_parameters
 from strata.runtime.gnn.config import PipelineConfig
 from strata.runtime.gnn.data import NodeData
-from strata.runtime.gnn.executors.base import StepResult
+from strata.runtime.gnn.executors.base import (
+    BuildContext,
+    FullGraphStep,
+    score_sums,
+    split_scores,
+)
 from strata.runtime.gnn.executors.graph_parallel import csc_block, global_csc
 from strata.runtime.gnn.executors.halo_exchange import fetch_halo
 from strata.runtime.gnn.executors.pipeline_layout import (
     PipelineLayout,
     UnitPlan,
+    chunks_within_parts,
     plan_units,
 )
+from strata.runtime.loop import ExecutorStats, StepOutput
 from strata.runtime.pipeline.schedule import (
     SCHEDULES,
     Backward,
@@ -174,6 +183,7 @@ class LayerPipelineExecutor:
         part_of: np.ndarray | None = None,
         device: str = "cpu",
         seed: int = 0,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         num_nodes = data.feat.shape[0]
         layout = PipelineLayout.of(len(stages), comm.world_size)
@@ -184,6 +194,7 @@ class LayerPipelineExecutor:
             raise ConfigError(f"layer_pipeline: {len(stages)} stages over {comm.world_size} ranks need part ids 0..{layout.groups - 1}")
         self.cfg = cfg
         self.comm = comm
+        self.optimizer = optimizer
         self.layout = layout
         self.stage, self.part = layout.stage_of(comm.rank), layout.part_of(comm.rank)
         self.num_stages = layout.stages
@@ -240,7 +251,7 @@ class LayerPipelineExecutor:
             for i, layer in enumerate(self.layers):
                 if layer.uses_graph:
                     self.tables[i] = torch.zeros(tables.num_owned + tables.num_halo, widths[first + i][0], device=device)
-        self.stats = PipelineStats()
+        self.last_pass = PipelineStats()
         self._last_sync = -1
         broadcast_parameters(self.model, comm)
 
@@ -363,9 +374,9 @@ class LayerPipelineExecutor:
                 raise TypeError(f"unknown pipeline instruction {op!r}")
         for work, _ in pending:
             work.wait()
-        self.stats.busy_seconds = busy
-        self.stats.pass_seconds = time.perf_counter() - started
-        self.stats.sent_bytes = sent
+        self.last_pass.busy_seconds = busy
+        self.last_pass.pass_seconds = time.perf_counter() - started
+        self.last_pass.sent_bytes = sent
         return loss_total
 
     def halo_rows(self) -> int:
@@ -383,35 +394,45 @@ class LayerPipelineExecutor:
         if self.prefix_layers:
             all_reduce_gradients([p for layer in self.prefix_layers for p in layer.parameters()], self.comm, average=False)
 
-    # -- the Executor protocol -----------------------------------------------------------
+    # -- the executor protocol -----------------------------------------------------------
 
     def steps_per_epoch(self) -> int:
         return 1
 
-    def epoch(self, epoch: int, start: int) -> Iterator[object]:
+    def epoch(self, epoch: int, start: int) -> Iterator[FullGraphStep]:
         if start == 0:
-            yield epoch
+            yield FullGraphStep(epoch)
 
     def _synchronous(self, epoch: int) -> bool:
         if not self.cfg.history or self._last_sync < 0:
             return True
         return self.cfg.sync_every > 0 and epoch - self._last_sync >= self.cfg.sync_every
 
-    def train_step(self, batch: object, optimizer: torch.optim.Optimizer) -> StepResult:
-        epoch = int(batch)  # type: ignore[arg-type]
+    def forward_backward(self, batch: FullGraphStep, scale: float) -> StepOutput:
+        if scale != 1.0:
+            raise ConfigError("layer_pipeline runs one pass per step; it takes no gradient accumulation (train.grad_accum: 1)")
+        epoch = batch.epoch
         synchronous = self._synchronous(epoch)
         self.model.train()
-        optimizer.zero_grad(set_to_none=True)
         loss = self.run_pass([self.whole] if synchronous else self.chunks, step=epoch)
-        self.reduce_gradients()
-        optimizer.step()
         if synchronous:
             self._last_sync = epoch
-        self.stats.synchronous = synchronous
-        self.stats.epochs_since_sync = epoch - self._last_sync
-        (total,) = self.comm.sum_floats([loss])
+        self.last_pass.synchronous = synchronous
+        self.last_pass.epochs_since_sync = epoch - self._last_sync
         last = self.stage == self.num_stages - 1
-        return StepResult(loss=total, samples=len(self.whole.train) if last else 0)
+        return StepOutput(loss=loss, samples=len(self.whole.train) if last else 0)
+
+    def optimizer_step(self) -> None:
+        assert self.optimizer is not None, "a layer_pipeline executor built without an optimizer only evaluates"
+        self.reduce_gradients()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def stats(self) -> ExecutorStats:
+        return ExecutorStats(bubble_ratio=self.last_pass.bubble_ratio)
+
+    def close(self) -> None:
+        pass
 
     @torch.no_grad()
     def logits(self) -> Tensor | None:
@@ -429,21 +450,47 @@ class LayerPipelineExecutor:
 
     def evaluate(self) -> dict[str, float]:
         logits = self.logits()
-        whole_ids = self.whole.dst_ids
         names = [name for name, size in self.split_sizes.items() if size]
-        sums = []
+        loss_sums, correct = [], []
         for name in names:
-            if logits is None:
-                sums += [0.0, 0.0]
+            if logits is None:  # not the last stage: it adds nothing to the sums
+                loss_sums.append(0.0)
+                correct.append(0.0)
                 continue
             pos = self.splits[name]
-            labels = self.label[whole_ids[pos]]
-            sums.append(float(F.cross_entropy(logits[pos], labels, reduction="sum")) if len(pos) else 0.0)
-            sums.append(float((logits[pos].argmax(1) == labels).sum()))
-        totals = self.comm.sum_floats(sums)
-        out = {}
-        for i, name in enumerate(names):
-            size = self.split_sizes[name]
-            out[f"{name}_loss"] = totals[2 * i] / size
-            out[f"{name}_acc"] = totals[2 * i + 1] / size
-        return out
+            sums = score_sums(logits[pos], self.label[self.whole.dst_ids[pos]])
+            loss_sums.append(sums[0])
+            correct.append(sums[1])
+        return split_scores(names, loss_sums, correct, self.split_sizes, self.comm)
+
+
+def build(ctx: BuildContext) -> LayerPipelineExecutor:
+    """``pipeline.stages`` stages (0 = one per process) of layers split by the cost model; with
+    fewer stages than processes, each stage graph-parallel over G = processes / stages ranks on
+    a G-part cut by ``pipeline.part_method``. Chunks are cut inside each part by
+    ``pipeline.chunk_method``. Rank 0 cuts, every rank gets its answer."""
+    cfg, pipeline, comm, model = ctx.train, ctx.pipeline, ctx.comm, ctx.model
+    data = ctx.load_data()
+    layout = PipelineLayout.of(pipeline.stages, comm.world_size)
+    indptr, indices = global_csc(data.graph)
+    num_nodes = len(indptr) - 1
+    if pipeline.chunks > num_nodes // layout.groups:
+        raise ConfigError(
+            f"pipeline.chunks is {pipeline.chunks} but each of the {layout.groups} parts has about "
+            f"{num_nodes // layout.groups} nodes; use fewer chunks"
+        )
+    stages = assign_stages(model, layout.stages, data.feat.shape[1], num_nodes, len(indices))
+    cuts = torch.empty(2, num_nodes, dtype=torch.int64)
+    if comm.rank == 0:
+        part_of = np.zeros(num_nodes, dtype=np.int64)
+        if layout.groups > 1:
+            part_of = assign((indptr, indices), layout.groups, cfg.seed, method=pipeline.part_method).astype(np.int64)
+        chunk_of = chunks_within_parts(
+            indptr, indices, part_of, pipeline.chunks, lambda sub, k: assign(sub, k, cfg.seed, method=pipeline.chunk_method)
+        )
+        cuts = torch.from_numpy(np.stack([part_of, chunk_of]))
+    part_of, chunk_of = comm.broadcast(cuts, 0).numpy()
+    return LayerPipelineExecutor(
+        model, data, comm, stages=stages, chunk_of=chunk_of, part_of=part_of, cfg=pipeline,
+        device=ctx.device, seed=cfg.seed, optimizer=ctx.optimizer,
+    )

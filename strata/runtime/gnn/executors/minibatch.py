@@ -12,6 +12,7 @@ evaluation is sharded too: each rank scores its share of every split on full nei
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Iterator
 
 import torch
@@ -22,9 +23,10 @@ from strata._dgl import dgl
 from strata.models.gnn import LayeredModel
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.replicas import all_reduce_gradients, broadcast_parameters
-from strata.runtime.gnn.batches import BatchSource
+from strata.runtime.gnn.batches import Batch, BatchSource, FeatureOptions, make_batches
 from strata.runtime.gnn.data import NodeData
-from strata.runtime.gnn.executors.base import StepResult
+from strata.runtime.gnn.executors.base import BuildContext, score_sums, split_scores
+from strata.runtime.loop import ExecutorStats, StepOutput
 
 EVAL_CHUNK = 8192
 """Seed nodes per evaluation forward pass on sampled full neighbourhoods."""
@@ -65,13 +67,15 @@ class DataParallelExecutor:
     """Steps over a batch source, gradients averaged over ranks."""
 
     def __init__(
-        self, name: str, model: LayeredModel, data: NodeData, batches: BatchSource, comm: Comm, *, device: str = "cpu"
+        self, name: str, model: LayeredModel, data: NodeData, batches: BatchSource, comm: Comm,
+        optimizer: torch.optim.Optimizer, *, device: str = "cpu",
     ) -> None:
         self.name = name
         self.model = model.to(device)
         self.data = data
         self.batches = batches
         self.comm = comm
+        self.optimizer = optimizer
         self.device = device
         broadcast_parameters(self.model, comm)
         if comm.world_size > 1:
@@ -83,50 +87,52 @@ class DataParallelExecutor:
     def steps_per_epoch(self) -> int:
         return self.batches.steps_per_epoch()
 
-    def epoch(self, epoch: int, start: int) -> Iterator[object]:
+    def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
         return self.batches.epoch(epoch, start)
 
-    def train_step(self, batch: object, optimizer: torch.optim.Optimizer) -> StepResult:
+    def forward_backward(self, batch: Batch, scale: float) -> StepOutput:
         self.model.train()
-        graphs = batch.graphs  # type: ignore[attr-defined]
-        graphs = [b.to(self.device) for b in graphs] if isinstance(graphs, list) else graphs.to(self.device)
-        logits = self.model(graphs, batch.x.to(self.device))  # type: ignore[attr-defined]
-        loss = F.cross_entropy(logits[batch.seeds], batch.y.to(self.device))  # type: ignore[attr-defined]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        graphs = batch.graphs
+        graphs = [b.to(self.device) for b in graphs] if isinstance(graphs, list) else graphs.to(self.device)  # type: ignore[attr-defined]
+        logits = self.model(graphs, batch.x.to(self.device))
+        loss = F.cross_entropy(logits[batch.seeds].float(), batch.y.to(self.device))
+        (loss * scale).backward()
+        return StepOutput(loss=loss.item() * scale / self.comm.world_size, samples=len(batch.seeds))
+
+    def optimizer_step(self) -> None:
         all_reduce_gradients(self.model.parameters(), self.comm, average=True)
-        optimizer.step()
-        value = loss.item()
-        if self.comm.world_size > 1:
-            (value,) = self.comm.sum_floats([value / self.comm.world_size])
-        return StepResult(loss=value, samples=len(batch.seeds))  # type: ignore[attr-defined]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def stats(self) -> ExecutorStats:
+        counters = getattr(self.batches, "counters", None)
+        if counters is None:
+            return ExecutorStats()
+        return ExecutorStats(cache_hits=counters.cache_hits(), storage_read_bytes=counters.storage_read_bytes)
 
     def evaluate(self) -> dict[str, float]:
         if self.comm.world_size == 1:
             return evaluate_full_graph(self.model, self.data)
         return self._evaluate_sharded()
 
+    def close(self) -> None:
+        self.batches.close()
+
     @torch.no_grad()
     def _evaluate_sharded(self) -> dict[str, float]:
         self.model.eval()
         names = [name for name, ids in self.data.splits.items() if len(ids) > 0]
-        sums = []
+        loss_sums, correct = [], []
         for name in names:
-            ids = self.data.splits[name]
-            mine = ids[self.comm.rank :: self.comm.world_size]
-            loss_sum, correct = 0.0, 0.0
+            mine = self.data.splits[name][self.comm.rank :: self.comm.world_size]
+            loss_sum, right = 0.0, 0.0
             for start in range(0, len(mine), EVAL_CHUNK):
-                logits, label = self._logits(mine[start : start + EVAL_CHUNK])
-                loss_sum += float(F.cross_entropy(logits, label, reduction="sum"))
-                correct += float((logits.argmax(1) == label).sum())
-            sums += [loss_sum, correct]
-        totals = self.comm.sum_floats(sums)
-        out = {}
-        for i, name in enumerate(names):
-            size = len(self.data.splits[name])
-            out[f"{name}_loss"] = totals[2 * i] / size
-            out[f"{name}_acc"] = totals[2 * i + 1] / size
-        return out
+                sums = score_sums(*self._logits(mine[start : start + EVAL_CHUNK]))
+                loss_sum, right = loss_sum + sums[0], right + sums[1]
+            loss_sums.append(loss_sum)
+            correct.append(right)
+        sizes = {name: len(self.data.splits[name]) for name in names}
+        return split_scores(names, loss_sums, correct, sizes, self.comm)
 
     def _logits(self, seeds: Tensor) -> tuple[Tensor, Tensor]:
         """Exact logits of ``seeds`` from their full L-hop neighbourhood.  (len(seeds), classes)"""
@@ -138,3 +144,17 @@ class DataParallelExecutor:
         x = self.data.feat[blocks[0].srcdata[dgl.NID]]
         logits = self.model([b.to(self.device) for b in blocks], x.to(self.device))
         return logits, self.data.label[output_nodes].to(self.device)
+
+
+def build(ctx: BuildContext) -> DataParallelExecutor:
+    """'full' (one process, the whole graph each step) and 'minibatch' (sampled mini-batches,
+    data parallel): each rank samples its micro-batches from its balanced share of the
+    training nodes, ceil(batch_size / processes / grad_accum) seeds each; evaluation sees all
+    of the data."""
+    cfg, comm = ctx.train, ctx.comm
+    data = ctx.load_data()
+    options = FeatureOptions.of_job(ctx.features, ctx.data_cfg, ctx.model.self_loops)
+    micro = math.ceil(cfg.batch_size / comm.world_size / cfg.grad_accum)
+    rank_cfg = dataclasses.replace(cfg, batch_size=micro)
+    batches = make_batches(rank_data(data, comm.rank, comm.world_size, cfg.seed), rank_cfg, ctx.model.num_graph_layers, options)
+    return DataParallelExecutor(cfg.executor, ctx.model, data, batches, comm, ctx.optimizer, device=ctx.device)

@@ -1,0 +1,337 @@
+"""The one step loop every training job runs.
+
+A job (node classification, diffusion, the experts' router) says what differs: the batches of
+an epoch, the executor that turns a micro-batch into gradients and applies an optimizer step,
+what happens after a step and at the end of an epoch, and what its checkpoint holds. The loop
+owns what is the same everywhere: step timing and metrics, gradient accumulation (a step is
+``grad_accum`` micro-batches whose gradients add up to the whole batch's), mixed precision
+(autocast), stopping at ``max_steps`` or a non-finite loss, checkpoint cadence and retention,
+resume from the newest complete checkpoint, ``on_step`` and the progress bar.
+
+Every random choice of a job is a pure function of (seed, epoch, step) or lives in the torch
+RNG state that the checkpoint carries, so a resumed run makes exactly the steps the
+uninterrupted run would have made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from strata.errors import ConfigError, StrataError
+from strata.runtime import checkpointing
+from strata.runtime.config import PRECISIONS
+from strata.runtime.dist.comm import Comm
+from strata.runtime.metrics import TrainingMetrics
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class StepOutput:
+    """What one micro-batch's forward and backward report."""
+
+    loss: float
+    """This rank's share of the step's loss: the global loss is the sum over ranks and
+    micro-batches (an executor that averages over ranks divides by the world size)."""
+    samples: int
+    """Samples (seed nodes, images) this rank trained on."""
+
+
+@dataclass
+class ExecutorStats:
+    """Figures an executor reports after a step, for the metrics; None = not measured."""
+
+    bubble_ratio: float | None = None
+    """Share of a pipeline pass a stage sat idle."""
+    cache_hits: dict[str, int] | None = None
+    """Feature-store hits per tier, totals since the start."""
+    storage_read_bytes: int | None = None
+    """Bytes the feature store read from storage, total since the start."""
+
+
+class Executor(Protocol):
+    """Runs the steps of one job on this rank."""
+
+    def forward_backward(self, batch: Any, scale: float) -> StepOutput:
+        """Forward and backward of one micro-batch, its loss multiplied by ``scale`` before the
+        backward, so that the gradients of a step's micro-batches add up to the whole batch's."""
+        ...
+
+    def optimizer_step(self) -> None:
+        """Make the gradients of this step whole (all-reduce, clip), apply them, zero them."""
+        ...
+
+    def stats(self) -> ExecutorStats: ...
+
+
+class Job(Protocol):
+    """What a job plugs into :func:`run_loop`."""
+
+    executor: Executor
+
+    def steps_per_epoch(self) -> int: ...
+
+    def steps(self, epoch: int, start: int) -> Iterator[Sequence[Any]]:
+        """The micro-batches of every step of ``epoch`` from step ``start`` on; each micro-batch
+        has a ``len`` (its samples), which weighs its share of the step's gradient."""
+        ...
+
+    def after_step(self, state: LoopState) -> None:
+        """After every optimizer step (EMA, periodic logs and samples)."""
+        ...
+
+    def end_epoch(self, state: LoopState) -> bool:
+        """After every complete epoch (evaluate, keep the best weights); True stops training."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds beyond the loop's state and the RNG."""
+        ...
+
+    def load_state_dict(self, shard: dict[str, Any], step: int, root: str) -> None:
+        """Restore from a checkpoint shard (the whole shard, as :meth:`state_dict` wrote it)."""
+        ...
+
+
+@dataclass
+class LoopConfig:
+    """How the loop runs a job; each job maps its config section onto it."""
+
+    epochs: int = 1
+    """Epochs at most; 0 = a job without epochs: one endless epoch that ``max_steps`` ends, so a
+    resumed run may go on to a larger ``max_steps`` (its step is its data position)."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps in total; 0 = no limit."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    bf16: bool = False
+    """Autocast forward passes to bfloat16 (weights, gradients and optimizer state stay fp32)."""
+    checkpoint_dir: str = ""
+    every_steps: int = 0
+    """Checkpoint every this many steps; 0 = only at the end."""
+    keep: int = 3
+    """Complete checkpoints kept; 0 = all."""
+    progress: bool = False
+    desc: str = "train"
+
+
+@dataclass
+class LoopState:
+    """Where the loop is; saved in every checkpoint."""
+
+    step: int = 0
+    """Optimizer steps taken in total."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    last_loss: float = math.nan
+    """The last step's loss, the same on every rank."""
+    epoch_loss: float = 0.0
+    """Sum of this epoch's step losses so far (their mean is the epoch's training loss)."""
+    samples: int = 0
+    """Samples this rank trained on in this run (not restored on resume)."""
+    train_seconds: float = 0.0
+    """Seconds spent in steps in this run (not restored on resume)."""
+    scores: dict[str, float] = field(default_factory=dict)
+    """The job's latest evaluation, for the progress bar."""
+
+    @property
+    def global_step(self) -> int:
+        return self.step
+
+    @property
+    def epoch_mean_loss(self) -> float:
+        return self.epoch_loss / self.step_in_epoch if self.step_in_epoch else math.nan
+
+
+LOOP_KEYS = ("step", "epoch", "step_in_epoch", "last_loss", "epoch_loss")
+"""The loop state a checkpoint carries."""
+
+
+def resolve_bf16(precision: str, device: str, *, section: str) -> bool:
+    """Whether ``precision`` ('auto', 'fp32', 'bf16') autocasts to bfloat16 on ``device``:
+    'auto' does on CUDA GPUs that support bfloat16, never on CPU."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{section}.precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if precision == "auto":
+        return device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return precision == "bf16"
+
+
+def autocast(device: str, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on ``device`` when enabled, else nothing."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+def micro_scales(micro_batches: Sequence[Any]) -> list[float]:
+    """Each micro-batch's weight in its step: its share of the step's samples."""
+    sizes = [len(batch) for batch in micro_batches]
+    total = sum(sizes)
+    if total == 0:
+        return [1.0 / len(sizes)] * len(sizes)
+    return [size / total for size in sizes]
+
+
+def save_checkpoint(job: Job, state: LoopState, cfg: LoopConfig, comm: Comm) -> None:
+    shard = job.state_dict()
+    shard["loop"] = {key: getattr(state, key) for key in LOOP_KEYS}
+    shard["torch_rng"] = torch.get_rng_state()
+    checkpointing.save(cfg.checkpoint_dir, state.step, shard, keep=cfg.keep, comm=comm)
+
+
+def restore_checkpoint(job: Job, cfg: LoopConfig, comm: Comm) -> LoopState | None:
+    """The loop state of the newest complete checkpoint, with the job restored; None if none."""
+    found = checkpointing.restore(cfg.checkpoint_dir, comm)
+    if found is None:
+        return None
+    step, shard = found
+    loop = loop_state_of(shard.get("loop", {}), step, cfg.checkpoint_dir)
+    job.load_state_dict(shard, step, cfg.checkpoint_dir)
+    torch.set_rng_state(shard["torch_rng"])
+    return LoopState(**loop)
+
+
+def loop_state_of(saved: dict[str, Any], step: int, root: str) -> dict[str, Any]:
+    """The loop keys of a checkpoint, also from the two formats written before the one loop:
+    the GNN trainer's (``global_step``) and the diffusion trainer's (``step`` without epochs)."""
+    if "global_step" in saved:
+        return {"step": saved["global_step"], "epoch": saved["epoch"], "step_in_epoch": saved["step_in_epoch"],
+                "last_loss": saved.get("last_loss", math.nan), "epoch_loss": 0.0}
+    if "step" in saved and "epoch" not in saved:
+        return {"step": saved["step"], "epoch": 0, "step_in_epoch": saved["step"],
+                "last_loss": saved.get("last_loss", saved.get("loss", math.nan)), "epoch_loss": 0.0}
+    missing = [key for key in LOOP_KEYS if key not in saved]
+    if missing:
+        raise StrataError(
+            f"checkpoint step {step} under '{root}' has no loop state ({', '.join(missing)} missing): it was not "
+            "written by strata's training loop; start afresh with another checkpoint.dir"
+        )
+    return {key: saved[key] for key in LOOP_KEYS}
+
+
+def run_loop(
+    job: Job,
+    cfg: LoopConfig,
+    *,
+    comm: Comm,
+    metrics: TrainingMetrics,
+    device: str = "cpu",
+    resume: bool = False,
+    on_step: Callable[[LoopState], None] | None = None,
+    start_record: dict[str, Any] | None = None,
+) -> LoopState:
+    """Train ``job`` on this rank until ``cfg.epochs`` epochs or ``cfg.max_steps`` steps are
+    done or the job stops it; checkpoint at the end. Every rank of ``comm`` calls it.
+
+    The metrics log gets a ``start`` record (``start_record`` and the step it resumed at) once
+    the newest checkpoint, if any, is restored."""
+    state = LoopState()
+    if resume:
+        state = restore_checkpoint(job, cfg, comm) or state
+    metrics.log("start", resumed_at=state.step, **(start_record or {}))
+    total = _planned_steps(job, cfg)
+    bar = tqdm(total=total, initial=min(state.step, total), desc=cfg.desc, unit="step", disable=not cfg.progress,
+               dynamic_ncols=True)
+    try:
+        while (cfg.epochs == 0 or state.epoch < cfg.epochs) and not _at_max(state, cfg):
+            epoch_done = _run_epoch(job, state, cfg, comm, metrics, device, bar, on_step)
+            if not epoch_done or cfg.epochs == 0:
+                break
+            stop = job.end_epoch(state)
+            state.epoch, state.step_in_epoch, state.epoch_loss = state.epoch + 1, 0, 0.0
+            _show(bar, state)
+            if stop:
+                break
+        save_checkpoint(job, state, cfg, comm)
+        return state
+    finally:
+        bar.close()
+
+
+def _run_epoch(job: Job, state: LoopState, cfg: LoopConfig, comm: Comm, metrics: TrainingMetrics, device: str,
+               bar: tqdm, on_step: Callable[[LoopState], None] | None) -> bool:
+    """The steps of ``state.epoch`` from ``state.step_in_epoch`` on; False when max_steps
+    stopped it before its end."""
+    steps = iter(job.steps(state.epoch, state.step_in_epoch))
+    while True:
+        if _at_max(state, cfg):
+            return state.step_in_epoch >= job.steps_per_epoch()
+        waited = time.perf_counter()
+        micro_batches = next(steps, None)
+        if micro_batches is None:
+            return True
+        started = time.perf_counter()
+        metrics.data_wait.inc(started - waited)
+        out = train_step(job.executor, micro_batches, device=device, bf16=cfg.bf16)
+        (loss,) = comm.sum_floats([out.loss]) if comm.world_size > 1 else (out.loss,)
+        if not math.isfinite(loss):
+            raise StrataError(
+                f"the training loss became {loss} at step {state.step + 1} (rank {comm.rank}); nothing after step "
+                f"{state.step} was checkpointed. Check the data for NaN or infinite values, or lower the learning rate"
+            )
+        seconds = time.perf_counter() - started
+        state.step += 1
+        state.step_in_epoch += 1
+        state.last_loss = loss
+        state.epoch_loss += loss
+        state.samples += out.samples
+        state.train_seconds += seconds
+        metrics.step(seconds=seconds, samples=out.samples, loss=loss)
+        _observe(metrics, job.executor.stats())
+        job.after_step(state)
+        if cfg.every_steps and state.step % cfg.every_steps == 0:
+            save_checkpoint(job, state, cfg, comm)
+        if on_step is not None:
+            on_step(state)
+        bar.update(1)
+        if state.step_in_epoch == 1 or state.step % 10 == 0:
+            _show(bar, state)
+
+
+def train_step(executor: Executor, micro_batches: Sequence[Any], *, device: str, bf16: bool) -> StepOutput:
+    """One optimizer step over ``micro_batches``: their gradients weighted by their samples."""
+    loss, samples = 0.0, 0
+    for batch, scale in zip(micro_batches, micro_scales(micro_batches)):
+        with autocast(device, bf16):
+            out = executor.forward_backward(batch, scale)
+        loss += out.loss
+        samples += out.samples
+    executor.optimizer_step()
+    return StepOutput(loss=loss, samples=samples)
+
+
+def _observe(metrics: TrainingMetrics, stats: ExecutorStats) -> None:
+    if stats.bubble_ratio is not None:
+        metrics.bubble.set(stats.bubble_ratio)
+    if stats.cache_hits is not None and stats.storage_read_bytes is not None:
+        metrics.observe_feature_totals(cache_hits=stats.cache_hits, storage_read_bytes=stats.storage_read_bytes)
+
+
+def _at_max(state: LoopState, cfg: LoopConfig) -> bool:
+    return bool(cfg.max_steps) and state.step >= cfg.max_steps
+
+
+def _planned_steps(job: Job, cfg: LoopConfig) -> int:
+    if cfg.epochs == 0:
+        return cfg.max_steps
+    planned = cfg.epochs * job.steps_per_epoch()
+    return min(planned, cfg.max_steps) if cfg.max_steps else planned
+
+
+def _show(bar: tqdm, state: LoopState) -> None:
+    """The progress bar's figures: this epoch's mean training loss (not one batch's) and the
+    job's latest evaluation."""
+    shown = {"epoch": state.epoch}
+    mean = state.epoch_mean_loss
+    shown["loss"] = f"{mean if math.isfinite(mean) else state.last_loss:.4f}"
+    shown.update({key: f"{value:.4f}" for key, value in state.scores.items()})
+    bar.set_postfix(shown, refresh=False)
+
