@@ -50,7 +50,7 @@ def measure_child(url: str, method: str, parts: int) -> None:
     """Run in a fresh process: open the store, note peak RSS, assign, note it again; print JSON."""
     import numpy as np
 
-    from strata.partitioners import assign
+    from strata.partitioners.assign import assign
     from strata.partitioners.graph import StoreGraph
     from strata.partitioners.report import edge_cut
     from strata.storage.store import DatasetStore
@@ -108,7 +108,7 @@ def _synthetic(workdir: Path, name: str, nodes: int, kind: str, avg_degree: floa
 def quality(url: str, parts: int) -> dict[str, dict]:
     import numpy as np
 
-    from strata.partitioners import assign
+    from strata.partitioners.assign import assign
     from strata.partitioners.graph import as_graph
     from strata.partitioners.report import edge_cut
 

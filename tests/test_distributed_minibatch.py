@@ -34,6 +34,7 @@ def _ddp_steps_of(topology, name: str) -> dict:
         evaluate_full_graph,
         rank_data,
     )
+    from strata.runtime.loop import train_step
 
     # Each rank starts from different parameters: the executor must broadcast rank 0's.
     torch.manual_seed(topology.rank)
@@ -42,12 +43,11 @@ def _ddp_steps_of(topology, name: str) -> dict:
     cfg = TrainConfig(mode="minibatch", batch_size=6, fanouts=[4, 4], seed=1)
     comm = Comm(topology.rank, topology.world_size)
     batches = make_batches(rank_data(data, topology.rank, topology.world_size, cfg.seed), cfg, model.num_graph_layers)
-    executor = DataParallelExecutor("minibatch", model, data, batches, comm)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    executor = DataParallelExecutor("minibatch", model, data, batches, comm, torch.optim.Adam(model.parameters(), lr=0.01))
     spread, seeds, losses = [], [], []
     for step, batch in zip(range(STEPS), executor.epoch(0, 0)):
         seeds.append(batch.graphs[-1].dstdata["_ID"].clone())
-        losses.append(executor.train_step(batch, optimizer).loss)
+        losses.append(train_step(executor, [batch], comm=comm).loss)
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         spread.append(max(float((other - flat).abs().max()) for other in comm.all_gather(flat)))
     return {

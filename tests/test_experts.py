@@ -26,7 +26,6 @@ from strata.runtime.diffusion.experts import (
     ExpertPaths,
     expert_layout,
     read_clusters,
-    router_accuracy,
     subset,
     train_experts,
 )
@@ -37,6 +36,7 @@ from strata.runtime.diffusion.model_loading import (
     read_manifest,
     write_manifest,
 )
+from strata.runtime.diffusion.router_training import router_accuracy
 from strata.runtime.diffusion.trainer import fit
 from strata.runtime.dist.comm import Comm
 from strata.runtime.metrics import TrainingMetrics

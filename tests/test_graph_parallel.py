@@ -41,8 +41,10 @@ def _part(data: NodeData, rank: int, world_size: int):
 
 def _graph_parallel_step(topology, names: tuple[str, ...]) -> dict:
     from strata.runtime.dist.comm import Comm
+    from strata.runtime.gnn.executors.base import FullGraphStep
     from strata.runtime.gnn.executors.graph_parallel import GraphParallelExecutor
     from strata.runtime.gnn.part_data import part_data_in_memory
+    from strata.runtime.loop import train_step
 
     out = {}
     for name in names:
@@ -50,8 +52,8 @@ def _graph_parallel_step(topology, names: tuple[str, ...]) -> dict:
         comm = Comm(topology.rank, topology.world_size)
         data = _data(model.self_loops)
         part = _part(data, topology.rank, topology.world_size)
-        executor = GraphParallelExecutor(model, part_data_in_memory(data, part), part, comm)
-        step = executor.train_step(0, torch.optim.SGD(model.parameters(), lr=0.0))
+        executor = GraphParallelExecutor(model, part_data_in_memory(data, part), part, comm, torch.optim.SGD(model.parameters(), lr=0.0))
+        step = train_step(executor, [FullGraphStep(0)], comm=comm)
         out[name] = {
             "loss": step.loss,
             "grads": [p.grad.clone() for p in model.parameters()],
@@ -129,7 +131,7 @@ def _stored_and_in_memory(topology, store: str, name: str) -> dict:
 
 
 def test_stored_partition_gives_the_in_memory_local_partition(tmp_path) -> None:
-    from strata.partitioners import build
+    from strata.partitioners.build import build
     from strata.storage.ingest.common import write_graph_data
 
     store = str(tmp_path / "store")

@@ -24,7 +24,9 @@ def _cuts(parts: int) -> tuple[np.ndarray, np.ndarray]:
 def _hybrid_worker(topology, stages: int, parts: int, history: bool, epochs: int, lr: float):
     from strata.runtime.dist.comm import Comm
     from strata.runtime.gnn.config import PipelineConfig
+    from strata.runtime.gnn.executors.base import FullGraphStep
     from strata.runtime.gnn.executors.layer_pipeline import LayerPipelineExecutor
+    from strata.runtime.loop import train_step
 
     comm = Comm(topology.rank, topology.world_size)
     model = _model(NAME, LAYERS)
@@ -34,12 +36,12 @@ def _hybrid_worker(topology, stages: int, parts: int, history: bool, epochs: int
     executor = LayerPipelineExecutor(
         model, data, comm, stages=spans, chunk_of=chunk_of, part_of=part_of,
         cfg=PipelineConfig(stages=stages, chunks=CHUNKS, history=history, sync_every=0),
+        optimizer=torch.optim.SGD(model.parameters(), lr=lr),
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     losses, passes, grads = [], [], {}
     for epoch in range(epochs):
         before = comm.bytes_by_op()
-        step = executor.train_step(epoch, optimizer)
+        step = train_step(executor, [FullGraphStep(epoch)], comm=comm)
         after = comm.bytes_by_op()
         passes.append({op: after[op] - before.get(op, 0) for op in after})
         losses.append(step.loss)
@@ -122,14 +124,22 @@ def test_hybrid_history_matches_the_plain_pipeline_and_keeps_the_traffic() -> No
 
 def _config_error_worker(topology) -> str:
     from strata.errors import ConfigError
+    from strata.runtime.config import DataConfig
     from strata.runtime.dist.comm import Comm
     from strata.runtime.gnn.config import PipelineConfig, TrainConfig
-    from strata.runtime.gnn.trainer import pipeline_executor
+    from strata.runtime.gnn.executors.base import BuildContext
+    from strata.runtime.gnn.registry import build_executor
 
     comm = Comm(topology.rank, topology.world_size)
     model = _model(NAME, LAYERS)
+    data = _data()
+    ctx = BuildContext(
+        train=TrainConfig(executor="layer_pipeline"), pipeline=PipelineConfig(stages=2), features=None,
+        data_cfg=DataConfig(store="unused"), model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        comm=comm, device="cpu", load_data=lambda: data,
+    )
     try:
-        pipeline_executor(TrainConfig(executor="layer_pipeline"), PipelineConfig(stages=2), model, _data(), comm, topology)
+        build_executor(ctx)
     except ConfigError as exc:
         return str(exc)
     return "no error"

@@ -80,7 +80,7 @@ def _value(values: dict[tuple, float], name: str, **labels: str) -> float:
 
 
 def _halo_total(store: str) -> int:
-    from strata.partitioners import assign
+    from strata.partitioners.assign import assign
     from strata.runtime.config import DataConfig
     from strata.runtime.gnn.data import load_node_data
     from strata.runtime.gnn.executors.graph_parallel import global_csc

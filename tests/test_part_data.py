@@ -40,7 +40,7 @@ def _write_store(url: str, *, num_nodes: int = NUM_NODES, feat_dim: int = FEAT, 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from strata.partitioners import build
+    from strata.partitioners.build import build
 
     url = str(tmp_path_factory.mktemp("part-data") / "store")
     _write_store(url)

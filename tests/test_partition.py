@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from strata.errors import PartitionError, StoreError
-from strata.partitioners import assign, build
+from strata.partitioners.assign import assign
+from strata.partitioners.build import build
 from strata.partitioners import format as pformat
 from strata.partitioners.assign import PARTITIONERS
 from strata.partitioners.build import partition_store

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from strata.partitioners import assign, build
+from strata.partitioners.assign import assign
+from strata.partitioners.build import build
 from strata.partitioners.format import open_partition
 from strata.partitioners.graph import CSCGraph, as_graph
 from strata.storage.ingest.common import GraphData, edges_to_csc, write_graph_data

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from strata.partitioners import assign
+from strata.partitioners.assign import assign
 from strata.partitioners.graph import as_graph
 from strata.partitioners.report import edge_cut
 from strata.storage.ingest import ingest

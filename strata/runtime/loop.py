@@ -64,8 +64,12 @@ class Executor(Protocol):
         backward, so that the gradients of a step's micro-batches add up to the whole batch's."""
         ...
 
+    def zero_grad(self) -> None:
+        """Clear the gradients before a step (they stay readable after it, as in torch)."""
+        ...
+
     def optimizer_step(self) -> None:
-        """Make the gradients of this step whole (all-reduce, clip), apply them, zero them."""
+        """Make the gradients of this step whole (all-reduce, clip) and apply them."""
         ...
 
     def stats(self) -> ExecutorStats: ...
@@ -270,8 +274,8 @@ def _run_epoch(job: Job, state: LoopState, cfg: LoopConfig, comm: Comm, metrics:
             return True
         started = time.perf_counter()
         metrics.data_wait.inc(started - waited)
-        out = train_step(job.executor, micro_batches, device=device, bf16=cfg.bf16)
-        (loss,) = comm.sum_floats([out.loss]) if comm.world_size > 1 else (out.loss,)
+        out = train_step(job.executor, micro_batches, comm=comm, device=device, bf16=cfg.bf16)
+        loss = out.loss
         if not math.isfinite(loss):
             raise StrataError(
                 f"the training loss became {loss} at step {state.step + 1} (rank {comm.rank}); nothing after step "
@@ -296,15 +300,19 @@ def _run_epoch(job: Job, state: LoopState, cfg: LoopConfig, comm: Comm, metrics:
             _show(bar, state)
 
 
-def train_step(executor: Executor, micro_batches: Sequence[Any], *, device: str, bf16: bool) -> StepOutput:
-    """One optimizer step over ``micro_batches``: their gradients weighted by their samples."""
+def train_step(executor: Executor, micro_batches: Sequence[Any], *, comm: Comm, device: str = "cpu", bf16: bool = False) -> StepOutput:
+    """One optimizer step over ``micro_batches``, their gradients weighted by their samples.
+    Returns the step's global loss (the same on every rank) and this rank's samples."""
     loss, samples = 0.0, 0
+    executor.zero_grad()
     for batch, scale in zip(micro_batches, micro_scales(micro_batches)):
         with autocast(device, bf16):
             out = executor.forward_backward(batch, scale)
         loss += out.loss
         samples += out.samples
     executor.optimizer_step()
+    if comm.world_size > 1:
+        (loss,) = comm.sum_floats([loss])
     return StepOutput(loss=loss, samples=samples)
 
 

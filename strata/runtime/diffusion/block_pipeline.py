@@ -124,12 +124,14 @@ class BlockPipelineEngine:
         loss = self._run_pass(batch.split(self.chunks))  # non-zero on the last stage only
         return StepOutput(loss=loss * scale, samples=len(batch) if self.first else 0)
 
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
     def optimizer_step(self) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = self.opt.lr_at(self.steps)
         self._clip()
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
 
     def stats(self) -> ExecutorStats:

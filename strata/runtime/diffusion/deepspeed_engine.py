@@ -67,6 +67,9 @@ class DeepSpeedEngine:
         self.engine.step()
         return StepOutput(loss=float(loss.detach().float()) * scale / self.comm.world_size, samples=len(batch))
 
+    def zero_grad(self) -> None:
+        pass  # DeepSpeed clears its gradients in engine.step()
+
     def optimizer_step(self) -> None:
         self.steps += 1
         self._report_traffic()

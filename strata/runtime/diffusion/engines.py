@@ -128,6 +128,8 @@ class DiffusionEngine(Protocol):
 
     def forward_backward(self, batch: DiffusionBatch, scale: float) -> StepOutput: ...
 
+    def zero_grad(self) -> None: ...
+
     def optimizer_step(self) -> None: ...
 
     def stats(self) -> ExecutorStats: ...
@@ -176,6 +178,9 @@ class DataParallelEngine:
         (loss * scale).backward()
         return StepOutput(loss=float(loss.detach()) * scale / self.comm.world_size, samples=len(batch))
 
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
     def optimizer_step(self) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = self.opt.lr_at(self.steps)
@@ -183,7 +188,6 @@ class DataParallelEngine:
         if self.opt.grad_clip:
             nn.utils.clip_grad_norm_(self.module.parameters(), self.opt.grad_clip)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
 
     def stats(self) -> ExecutorStats:

@@ -92,10 +92,12 @@ class RouterExecutor:
         (loss * scale).backward()
         return StepOutput(loss=float(loss.detach()) * scale / self.comm.world_size, samples=len(batch))
 
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
     def optimizer_step(self) -> None:
         all_reduce_gradients(self.router.parameters(), self.comm, average=True)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
     def stats(self) -> ExecutorStats:
         return ExecutorStats()

@@ -123,11 +123,14 @@ class GraphParallelExecutor:
         (loss * scale).backward()
         return StepOutput(loss=loss.item() * scale, samples=len(train))
 
+    def zero_grad(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+
     def optimizer_step(self) -> None:
         assert self.optimizer is not None, "a graph_parallel executor built without an optimizer only evaluates"
         all_reduce_gradients(self.model.parameters(), self.comm, average=False)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
     def stats(self) -> ExecutorStats:
         return ExecutorStats()

@@ -422,11 +422,14 @@ class LayerPipelineExecutor:
         last = self.stage == self.num_stages - 1
         return StepOutput(loss=loss, samples=len(self.whole.train) if last else 0)
 
+    def zero_grad(self) -> None:
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=True)
+
     def optimizer_step(self) -> None:
         assert self.optimizer is not None, "a layer_pipeline executor built without an optimizer only evaluates"
         self.reduce_gradients()
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
     def stats(self) -> ExecutorStats:
         return ExecutorStats(bubble_ratio=self.last_pass.bubble_ratio)

@@ -99,10 +99,12 @@ class DataParallelExecutor:
         (loss * scale).backward()
         return StepOutput(loss=loss.item() * scale / self.comm.world_size, samples=len(batch.seeds))
 
+    def zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
     def optimizer_step(self) -> None:
         all_reduce_gradients(self.model.parameters(), self.comm, average=True)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
 
     def stats(self) -> ExecutorStats:
         counters = getattr(self.batches, "counters", None)
