@@ -267,6 +267,28 @@ def check_manifest_agrees(url: str, mine: ExpertSetManifest) -> None:
         )
 
 
+def _open_set(paths: ExpertPaths, data_cfg: DataConfig, model_cfg: DiffusionModelConfig, noise_cfg: NoiseConfig,
+              cfg: DiffusionTrainConfig, experts_cfg: ExpertsConfig) -> tuple[ImageData, ExpertSetManifest]:
+    """The images and this job's manifest, once the configs are checked against each other,
+    the store and the set already at ``paths`` (if any); makes the set's folder."""
+    if cfg.executor != "experts":
+        raise ConfigError(f"train_experts needs diffusion.executor=experts, got '{cfg.executor}'")
+    if cfg.engine != "ddp":
+        raise ConfigError(
+            "diffusion.executor=experts trains each expert with strata's own data parallelism inside its group; "
+            "DeepSpeed runs on the whole job's process group: drop diffusion.engine=deepspeed"
+        )
+    data = load_image_data(data_cfg.store)
+    check_model_fits(model_cfg, data, data_cfg.store)
+    if experts_cfg.num_experts > len(data.images):
+        raise ConfigError(f"experts.num_experts {experts_cfg.num_experts} exceeds the {len(data.images)} images of '{data_cfg.store}'")
+    checksum = str(open_image_store(data_cfg.store).meta.arrays[IMAGES].get("checksum", ""))
+    manifest = build_manifest(paths, data_cfg, model_cfg, noise_cfg, experts_cfg, checksum, data.image_shape, data.num_classes)
+    check_manifest_agrees(paths.manifest, manifest)
+    fs.makedirs(paths.root)  # also makes run_dir, where the metrics log goes
+    return data, manifest
+
+
 def train_experts(
     data_cfg: DataConfig,
     model_cfg: DiffusionModelConfig,
@@ -284,26 +306,11 @@ def train_experts(
     """Cluster, train the router and the experts this job is asked for, and write the set's
     manifest (see the module docstring); every rank of ``topology`` calls it."""
     topology = topology or single_process()
-    if cfg.executor != "experts":
-        raise ConfigError(f"train_experts needs diffusion.executor=experts, got '{cfg.executor}'")
-    if cfg.engine != "ddp":
-        raise ConfigError(
-            "diffusion.executor=experts trains each expert with strata's own data parallelism inside its group; "
-            "DeepSpeed runs on the whole job's process group: drop diffusion.engine=deepspeed"
-        )
     layout = expert_layout(topology.world_size, experts_cfg.experts_to_train)
     resume = resume or topology.restart_count > 0
     paths = ExpertPaths.of(run_dir, ckpt_cfg)
-    data = load_image_data(data_cfg.store)
-    check_model_fits(model_cfg, data, data_cfg.store)
-    if experts_cfg.num_experts > len(data.images):
-        raise ConfigError(f"experts.num_experts {experts_cfg.num_experts} exceeds the {len(data.images)} images of '{data_cfg.store}'")
-    checksum = str(open_image_store(data_cfg.store).meta.arrays[IMAGES].get("checksum", ""))
-    manifest = build_manifest(paths, data_cfg, model_cfg, noise_cfg, experts_cfg, checksum, data.image_shape, data.num_classes)
-    check_manifest_agrees(paths.manifest, manifest)
-    fs.makedirs(paths.root)  # also makes run_dir, where the metrics log goes
-    group = layout.group_of(topology.rank)
-    leads = topology.rank == layout.groups[group][0]
+    data, manifest = _open_set(paths, data_cfg, model_cfg, noise_cfg, cfg, experts_cfg)
+    leads = topology.rank == layout.groups[layout.group_of(topology.rank)][0]
     jsonl = (metrics_cfg.jsonl or fs.join(run_dir, "metrics.jsonl")) if topology.is_main else (
         fs.join(paths.root, f"metrics-rank-{topology.rank:05d}.jsonl") if leads else None
     )
@@ -335,23 +342,8 @@ def train_experts(
             )
             metrics.log("router", **asdict(router))
         # 3. experts: each group in its own process group, no traffic between groups.
-        before = comm.bytes_by_op()
-        group_comm = comm.subgroups(layout.groups)
-        trained: dict[int, list[float]] = {}
-        for i in layout.experts[group]:
-            rows = (clusters == i).nonzero().squeeze(1)
-            expert_data = subset(data, rows)
-            metrics.log("expert_start", expert=i, images=len(rows), ranks=list(layout.groups[group]))
-            result = fit(
-                expert_data, model_cfg, noise_cfg, cfg, replace(ckpt_cfg, dir=paths.expert_checkpoints(i)),
-                comm=group_comm, metrics=metrics, run_dir=paths.expert_dir(i), device=topology.device, resume=resume,
-                progress=progress and topology.is_main,
-            )
-            metrics.log("expert_end", expert=i, **asdict(result))
-            trained[i] = [1.0, result.steps, result.final_loss, result.train_seconds, result.images_per_second]
-        after = comm.bytes_by_op()
-        expert_bytes = _sum_over_ranks({op: after.get(op, 0) - before.get(op, 0) for op in COUNTED_OPS}, comm)
-        summaries = _gather_summaries(trained, layout, paths, sizes, comm, leads)
+        stage = ExpertsStage(data, clusters, sizes, layout, paths, model_cfg, noise_cfg, cfg, ckpt_cfg)
+        summaries, expert_bytes = stage.run(comm, metrics, topology, resume=resume, progress=progress, leads=leads)
         # 4. manifest: its content depends on the configs only.
         if comm.rank == 0:
             write_manifest(paths.manifest, manifest)
@@ -369,6 +361,44 @@ def train_experts(
     finally:
         metrics.close()
 
+
+@dataclass
+class ExpertsStage:
+    """Step 3 of a set: each group of ranks trains its experts, one after another, on the
+    ordinary diffusion loop in a process group of its own."""
+
+    data: ImageData
+    clusters: torch.Tensor
+    sizes: list[int]
+    """Images per cluster."""
+    layout: ExpertLayout
+    paths: ExpertPaths
+    model_cfg: DiffusionModelConfig
+    noise_cfg: NoiseConfig
+    cfg: DiffusionTrainConfig
+    ckpt_cfg: CheckpointConfig
+
+    def run(self, comm: Comm, metrics: TrainingMetrics, topology: Topology, *, resume: bool, progress: bool,
+            leads: bool) -> tuple[list[ExpertSummary], dict[str, int]]:
+        """Every expert's summary (on every rank) and the bytes the groups sent, summed over ranks."""
+        layout, paths = self.layout, self.paths
+        group = layout.group_of(topology.rank)
+        before = comm.bytes_by_op()
+        group_comm = comm.subgroups(layout.groups)
+        trained: dict[int, list[float]] = {}
+        for i in layout.experts[group]:
+            rows = (self.clusters == i).nonzero().squeeze(1)
+            metrics.log("expert_start", expert=i, images=len(rows), ranks=list(layout.groups[group]))
+            result = fit(
+                subset(self.data, rows), self.model_cfg, self.noise_cfg, self.cfg,
+                replace(self.ckpt_cfg, dir=paths.expert_checkpoints(i)), comm=group_comm, metrics=metrics,
+                run_dir=paths.expert_dir(i), device=topology.device, resume=resume, progress=progress and topology.is_main,
+            )
+            metrics.log("expert_end", expert=i, **asdict(result))
+            trained[i] = [1.0, result.steps, result.final_loss, result.train_seconds, result.images_per_second]
+        after = comm.bytes_by_op()
+        expert_bytes = _sum_over_ranks({op: after.get(op, 0) - before.get(op, 0) for op in COUNTED_OPS}, comm)
+        return _gather_summaries(trained, layout, paths, self.sizes, comm, leads), expert_bytes
 
 def _sum_over_ranks(bytes_by_op: dict[str, int], comm: Comm) -> dict[str, int]:
     ops = sorted(bytes_by_op)
