@@ -28,7 +28,14 @@ Gradient all-reduce (graph_parallel: the whole model; hybrid: each stage's layer
 G ranks; the pipelines: also the replicated input layer over all ranks) is reported in its own
 column: it does not grow with the graph.
 
-    python benchmarks/pipeline_vs_graph_parallel.py [--nodes 200000] [--layers 32 64] [--epochs 4]
+    python benchmarks/pipeline_vs_graph_parallel.py [--nodes 200000] [--layers 32 64] [--epochs 4] [--json OUT]
+
+With ``--json`` it also writes each run's figures (``methods["<config>_<layers>"]``: bytes per
+epoch beside the analytic count, times, losses, scores) and the named ratios
+(``graph_parallel_over_layer_pipeline_bytes_64``, ``layer_pipeline_measured_over_analytic_bytes_64``,
+...; see benchmarks/report.py). The smallest useful run, a minute on 2 cores::
+
+    python benchmarks/pipeline_vs_graph_parallel.py --nodes 2000 --layers 4 --epochs 2 --chunks 2 --hidden 8
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import add_json_flag, publish, ratio
 from torchrun_job import run_worker
 
 OPS = ("send", "all_to_all", "all_reduce", "broadcast", "all_gather")
@@ -66,6 +74,11 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> list[float]:
 
 
 def worker(spec: dict) -> None:
+    """One configuration on this rank: build the executor as a job does, train ``epochs``
+    steps through the loop's ``train_step``, reading the Comm counters around each; rank 0
+    writes the figures summed over ranks to ``spec["out"]``."""
+    import functools
+
     import torch
 
     from strata.models.config import ModelConfig
@@ -76,7 +89,10 @@ def worker(spec: dict) -> None:
     from strata.runtime.dist.topology import topology_from_env
     from strata.runtime.gnn.config import PipelineConfig, TrainConfig
     from strata.runtime.gnn.data import load_node_data
-    from strata.runtime.gnn.trainer import build_executor
+    from strata.runtime.gnn.executors.base import BuildContext
+    from strata.runtime.gnn.registry import build_executor
+    from strata.runtime.loop import train_step
+    from strata.storage.store import DatasetStore
 
     torch.set_num_threads(1)
     topology = topology_from_env(os.environ)
@@ -84,15 +100,20 @@ def worker(spec: dict) -> None:
     with process_group(topology, timeout_seconds=1800):
         torch.manual_seed(0)
         data_cfg = DataConfig(store=spec["store"])
+        meta = DatasetStore.open(spec["store"]).meta
         model_cfg = ModelConfig(name="gcnii", hidden=spec["hidden"], num_layers=spec["layers"], dropout=0.0, alpha=0.1, lambda_=0.5)
-        data = load_node_data(data_cfg, self_loops=True)
-        model = build_gnn(model_cfg, data.feat.shape[1], data.num_classes)
+        model = build_gnn(model_cfg, meta.feat_dim, meta.num_classes)
         optimizer = torch.optim.Adam(model.parameters(), lr=spec["lr"])
         comm = Comm(topology.rank, topology.world_size)
         train = TrainConfig(executor=executor_name, partition=spec["partition"] if executor_name == "graph_parallel" else "", seed=0)
         pipeline = PipelineConfig(stages=stages, chunks=spec["chunks"], schedule="1f1b", history=True, sync_every=0)
         started = time.perf_counter()
-        executor = build_executor(train, model, data, data_cfg, comm, topology, pipeline=pipeline)
+        # graph_parallel reads only its part of the store and never calls load_data; the
+        # pipelines hold the whole graph.
+        executor = build_executor(BuildContext(
+            train=train, pipeline=pipeline, features=None, data_cfg=data_cfg, model=model, optimizer=optimizer, comm=comm,
+            device="cpu", load_data=functools.cache(lambda: load_node_data(data_cfg, self_loops=model.self_loops)),
+        ))
         setup_seconds = time.perf_counter() - started
 
         epoch_bytes, epoch_seconds, comm_seconds, cpu_seconds, losses = [], [], [], [], []
@@ -100,19 +121,21 @@ def worker(spec: dict) -> None:
             for batch in executor.epoch(epoch, 0):
                 before, waited = comm.bytes_by_op(), _seconds(comm)
                 t0, cpu0 = time.perf_counter(), time.process_time()
-                step = executor.train_step(batch, optimizer)
+                step = train_step(executor, [batch], comm=comm)
                 epoch_seconds.append(time.perf_counter() - t0)
                 cpu_seconds.append(time.process_time() - cpu0)
                 epoch_bytes.append(_delta(comm.bytes_by_op(), before))
                 comm_seconds.append(_seconds(comm) - waited)
                 losses.append(step.loss)
+        executor.close()
         before = comm.bytes_by_op()
         t0 = time.perf_counter()
         scores = executor.evaluate()
         eval_seconds = time.perf_counter() - t0
         eval_bytes = _delta(comm.bytes_by_op(), before)
         # Halo rows of the cut the executor uses: graph_parallel's 4 parts, the hybrid's G parts
-        # (counted on stage 0's ranks only: every stage holds the same cut).
+        # (counted on stage 0's ranks only: every stage holds the same cut; graph_parallel has
+        # no stages).
         stage = getattr(executor, "stage", 0)
         halo = float(executor.halo_rows()) if stage == 0 else 0.0
         flat = [x for row in epoch_bytes for x in row] + eval_bytes + [halo] + comm_seconds + cpu_seconds
@@ -136,7 +159,7 @@ def worker(spec: dict) -> None:
                 "setup_seconds": setup_seconds,
                 "losses": losses,
                 "scores": scores,
-                "num_nodes": int(data.feat.shape[0]),
+                "num_nodes": meta.num_nodes,
             }
             Path(spec["out"]).write_text(json.dumps(result))
 
@@ -154,12 +177,91 @@ def _launch(spec: dict, procs: int, port: int, workdir: Path) -> dict:
 
 # -- the driver -----------------------------------------------------------------------------
 
+PROCS, HYBRID_STAGES, FLOAT_BYTES = 4, 2, 4
+LABELS = {"graph_parallel": "graph_parallel (4 parts)", "layer_pipeline": "layer_pipeline (4 stages)", "hybrid": "hybrid (2x2)"}
 
-def _activation(bytes_by_op: dict[str, float]) -> float:
-    return bytes_by_op.get("send", 0.0) + bytes_by_op.get("all_to_all", 0.0)
+
+def _activation(bytes_by_op: dict[str, float]) -> int:
+    return int(bytes_by_op.get("send", 0.0) + bytes_by_op.get("all_to_all", 0.0))
 
 
-def main() -> None:
+def analytic_bytes(config: str, layers: int, hidden: int, num_nodes: int, halo_rows: int) -> int:
+    """Activation bytes per training epoch, all ranks together, by the formulas of the module
+    docstring (``halo_rows``: the sum of halos of the cut the run used)."""
+    per_row = hidden * FLOAT_BYTES
+    if config == "graph_parallel":
+        return 2 * layers * halo_rows * per_row
+    if config == "layer_pipeline":
+        return 2 * (PROCS - 1) * num_nodes * per_row
+    return 2 * (HYBRID_STAGES - 1) * num_nodes * per_row + 2 * layers * halo_rows * per_row
+
+
+def figures(r: dict, hidden: int, timed: int) -> dict:
+    """A run's figures, as the table and the JSON report them: the counters' training bytes of
+    every epoch beside the analytic count (``bytes_exact``: equal in every epoch), medians of
+    the last ``timed`` epochs' times."""
+    per_epoch = [_activation(e) for e in r["epoch_bytes"]]
+    analytic = analytic_bytes(r["config"], r["layers"], hidden, r["num_nodes"], r["halo_rows"])
+    return {
+        "executor": r["config"],
+        "layers": r["layers"],
+        "training_bytes": statistics.mean(per_epoch),
+        "analytic_bytes": analytic,
+        "bytes_exact": all(b == analytic for b in per_epoch),
+        "training_bytes_per_epoch": per_epoch,
+        "bytes_by_op_per_epoch": [{op: int(b) for op, b in e.items()} for e in r["epoch_bytes"]],
+        "all_reduce_bytes": statistics.mean(e["all_reduce"] for e in r["epoch_bytes"]),
+        "eval_bytes": _activation(r["eval_bytes"]),
+        "halo_rows": r["halo_rows"],
+        "epoch_seconds": statistics.median(r["epoch_seconds"][-timed:]),
+        "comm_seconds": statistics.median(r["comm_seconds"][-timed:]),
+        "cpu_seconds": statistics.median(r["cpu_seconds"][-timed:]),
+        "epoch_seconds_all": r["epoch_seconds"],
+        "setup_seconds": r["setup_seconds"],
+        "eval_seconds": r["eval_seconds"],
+        "wall_seconds": r["wall_seconds"],
+        "losses": r["losses"],
+        "test_acc": r["scores"].get("test_acc", float("nan")),
+        "scores": r["scores"],
+    }
+
+
+def ratios_at(layers: int, runs: dict[str, dict]) -> dict[str, float | None]:
+    """The named ratios at one depth: each run's measured over analytic bytes (1 when the
+    counters match the formula), and graph_parallel over each pipeline in bytes, measured and
+    analytic, epoch time and CPU work."""
+    out = {f"{name}_measured_over_analytic_bytes_{layers}": ratio(f["training_bytes"], f["analytic_bytes"]) for name, f in runs.items()}
+    gp = runs.get("graph_parallel")
+    for name in ("layer_pipeline", "hybrid"):
+        other = runs.get(name)
+        if gp is None or other is None:
+            continue
+        for figure, key in (("bytes", "training_bytes"), ("bytes_analytic", "analytic_bytes"), ("epoch", "epoch_seconds"),
+                            ("cpu", "cpu_seconds")):
+            out[f"graph_parallel_over_{name}_{figure}_{layers}"] = ratio(gp[key], other[key])
+    return out
+
+
+def _row(f: dict) -> str:
+    return (
+        f"| {f['layers']} | {LABELS[f['executor']]} | {f['training_bytes'] / 1e6:,.1f} MB | {f['analytic_bytes'] / 1e6:,.1f} MB | "
+        f"{f['training_bytes'] / f['analytic_bytes']:.4f} | {f['all_reduce_bytes'] / 1e6:,.2f} MB | {f['eval_bytes'] / 1e6:,.1f} MB | "
+        f"{f['epoch_seconds']:.2f} s | {f['comm_seconds']:.2f} s | {f['cpu_seconds']:.2f} s | {f['test_acc']:.4f} |"
+    )
+
+
+def _comparison(layers: int, gp: dict, other: dict, cores: int) -> str:
+    return (
+        f"{layers} layers, graph_parallel / {other['executor']}: bytes {gp['training_bytes'] / other['training_bytes']:.2f}x measured "
+        f"({gp['analytic_bytes'] / other['analytic_bytes']:.2f}x analytic), "
+        f"epoch time {gp['epoch_seconds'] / other['epoch_seconds']:.2f}x, "
+        f"CPU work {gp['cpu_seconds'] / other['cpu_seconds']:.2f}x (on {cores} cores an epoch takes at least CPU seconds / {cores}: "
+        f"{gp['cpu_seconds'] / cores:.2f} s vs {other['cpu_seconds'] / cores:.2f} s), "
+        f"test accuracy {gp['test_acc']:.4f} vs {other['test_acc']:.4f}"
+    )
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=200_000)
     parser.add_argument("--avg-degree", type=float, default=10.0)
@@ -170,8 +272,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--workdir", default="")
+    add_json_flag(parser)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     if args.worker:
         worker(json.loads(Path(args.worker).read_text()))
         return
@@ -181,7 +288,6 @@ def main() -> None:
     from strata.partitioners.format import open_partition
     from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
 
-    procs, stages_hybrid = 4, 2
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="strata-pipe-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     store = str(workdir / "store")
@@ -190,73 +296,53 @@ def main() -> None:
         SyntheticGraphConfig(num_nodes=args.nodes, avg_degree=args.avg_degree, kind="rmat", num_classes=8, feat_dim=64, seed=0),
         store, overwrite=True, progress=False,
     )
-    cut = PartitionConfig(method="metis", num_parts=procs, name=f"metis-{procs}", overwrite=True)
+    cut = PartitionConfig(method="metis", num_parts=PROCS, name=f"metis-{PROCS}", overwrite=True)
     partition_store(store, cut)
     parts = open_partition(store, cut.partition_name)
-    halo4 = sum(parts.part(k).halo_per_hop[0] for k in range(procs))
-    print(f"graph: {meta.num_nodes:,} nodes, {meta.num_edges:,} edges; METIS {procs} parts: sum of halos {halo4:,} "
+    halo4 = sum(parts.part(k).halo_per_hop[0] for k in range(PROCS))
+    print(f"graph: {meta.num_nodes:,} nodes, {meta.num_edges:,} edges; METIS {PROCS} parts: sum of halos {halo4:,} "
           f"({halo4 / meta.num_nodes:.2f} x nodes); setup {time.perf_counter() - t0:.0f}s", flush=True)
 
-    h, n, b = args.hidden, meta.num_nodes, 4
     timed = max(1, min(3, args.epochs - 1))
     rows = [
-        "| layers | executor | training bytes/epoch (counters) | analytic | measured/analytic | grad all-reduce/epoch "
+        "| layers | executor | training bytes/epoch (counters) | analytic | measured/analytic | all-reduce/epoch (gradients, loss) "
         "| eval bytes/pass | epoch time (median of last 3) | of which in comm ops | CPU seconds/epoch, all ranks | test acc |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    ratios = []
+    comparisons, methods, ratios = [], {}, {}
     port = 29600 + os.getpid() % 1000
-    cores = min(procs, len(os.sched_getaffinity(0)))
+    cores = min(PROCS, len(os.sched_getaffinity(0)))
     for layers in args.layers:
-        results = {}
+        runs = {}
         for name in args.configs:
-            spec = {"config": name, "store": store, "partition": cut.partition_name, "layers": layers, "hidden": h,
+            spec = {"config": name, "store": store, "partition": cut.partition_name, "layers": layers, "hidden": args.hidden,
                     "epochs": args.epochs, "chunks": args.chunks, "lr": args.lr}
-            results[name] = r = _launch(spec, procs, port, workdir)
+            runs[name] = f = figures(_launch(spec, PROCS, port, workdir), args.hidden, timed)
+            methods[f"{name}_{layers}"] = f
             port += 1
-            if name == "graph_parallel":
-                r["analytic"] = 2 * layers * r["halo_rows"] * h * b
-            elif name == "layer_pipeline":
-                r["analytic"] = 2 * (procs - 1) * n * h * b
-            else:
-                r["analytic"] = 2 * (stages_hybrid - 1) * n * h * b + 2 * layers * r["halo_rows"] * h * b
-            per_epoch = [_activation(e) for e in r["epoch_bytes"]]
-            r["measured"] = statistics.mean(per_epoch)
-            r["spread"] = (max(per_epoch) - min(per_epoch)) / r["measured"] if r["measured"] else 0.0
-            r["time"] = statistics.median(r["epoch_seconds"][-timed:])
-            r["in_comm"] = statistics.median(r["comm_seconds"][-timed:])
-            r["cpu"] = statistics.median(r["cpu_seconds"][-timed:])
-            label = "hybrid (2x2)" if name == "hybrid" else name + (" (4 parts)" if name == "graph_parallel" else " (4 stages)")
-            rows.append(
-                f"| {layers} | {label} | {r['measured'] / 1e6:,.1f} MB | {r['analytic'] / 1e6:,.1f} MB | "
-                f"{r['measured'] / r['analytic']:.4f} | {statistics.mean(e['all_reduce'] for e in r['epoch_bytes']) / 1e6:,.2f} MB | "
-                f"{_activation(r['eval_bytes']) / 1e6:,.1f} MB | {r['time']:.2f} s | {r['in_comm']:.2f} s | {r['cpu']:.2f} s | {r['scores'].get('test_acc', float('nan')):.4f} |"
-            )
-            print(f"  {layers} layers, {name}: {r['measured'] / 1e6:,.1f} MB/epoch (analytic {r['analytic'] / 1e6:,.1f}, "
-                  f"epochs differ by {r['spread']:.1%}), epoch {r['time']:.2f} s of which {r['in_comm']:.2f} s in comm ops "
-                  f"(mean over ranks, waiting included), {r['cpu']:.2f} CPU seconds (all ranks), setup {r['setup_seconds']:.0f} s, "
-                  f"losses {', '.join(f'{x:.3f}' for x in r['losses'])}, wall {r['wall_seconds']:.0f} s", flush=True)
-        gp = results.get("graph_parallel")
-        for name in ("layer_pipeline", "hybrid"):
-            other = results.get(name)
-            if gp is None or other is None:
-                continue
-            ratios.append(
-                f"{layers} layers, graph_parallel / {name}: bytes {gp['measured'] / other['measured']:.2f}x measured "
-                f"({gp['analytic'] / other['analytic']:.2f}x analytic), epoch time {gp['time'] / other['time']:.2f}x, "
-                f"CPU work {gp['cpu'] / other['cpu']:.2f}x (on {cores} cores an epoch takes at least CPU seconds / {cores}: "
-                f"{gp['cpu'] / cores:.2f} s vs {other['cpu'] / cores:.2f} s), "
-                f"test accuracy {gp['scores']['test_acc']:.4f} vs {other['scores']['test_acc']:.4f}"
-            )
+            rows.append(_row(f))
+            per_epoch = f["training_bytes_per_epoch"]
+            print(f"  {layers} layers, {name}: {f['training_bytes'] / 1e6:,.1f} MB/epoch (analytic {f['analytic_bytes'] / 1e6:,.1f}, "
+                  f"every epoch equal to it: {'yes' if f['bytes_exact'] else 'NO'}, epochs differ by "
+                  f"{(max(per_epoch) - min(per_epoch)) / max(f['training_bytes'], 1):.1%}), epoch {f['epoch_seconds']:.2f} s of which "
+                  f"{f['comm_seconds']:.2f} s in comm ops (mean over ranks, waiting included), {f['cpu_seconds']:.2f} CPU seconds "
+                  f"(all ranks), setup {f['setup_seconds']:.0f} s, losses {', '.join(f'{x:.3f}' for x in f['losses'])}, "
+                  f"wall {f['wall_seconds']:.0f} s", flush=True)
+        ratios.update(ratios_at(layers, runs))
+        comparisons += [_comparison(layers, runs["graph_parallel"], runs[name], cores)
+                        for name in ("layer_pipeline", "hybrid") if "graph_parallel" in runs and name in runs]
     print()
     print("\n".join(rows))
     print()
-    print("\n".join(ratios))
+    print("\n".join(comparisons))
     print(f"\n{GNNPIPE}")
     print(f"Epoch time: median of the last {timed} of {args.epochs} training steps on rank 0 (the first epoch is the pipelines' "
           "synchronous pass and everyone's first touch of memory); evaluation and setup not included. In comm ops: seconds inside "
           "send/recv/all_to_all/all_reduce per epoch, mean over ranks, waiting for peers included. CPU seconds: "
           "process time of the training step summed over ranks (blocked waits cost none): the work an epoch needs, whatever the cores.")
+    context = {"num_nodes": meta.num_nodes, "num_edges": meta.num_edges, "processes": PROCS, "cores": cores,
+               "metis_4_halo_rows": halo4, "timed_epochs": timed, "gnnpipe_paper": GNNPIPE}
+    publish(args, "pipeline_vs_graph_parallel", methods, ratios, context)
 
 
 if __name__ == "__main__":
