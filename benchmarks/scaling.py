@@ -2,13 +2,21 @@
 
 Writes a synthetic graph store, then runs `strata train` under torchrun for each process
 count and executor (graph_parallel GCN on the whole graph, cut by METIS with 'strata
-partition' into one part per process; minibatch GraphSAGE on sampled batches) and prints one markdown table: epoch time (rank 0's training steps, evaluation
-excluded), its ratio to the 1-process run measured here, and the bytes each collective
-moved, summed over ranks, per epoch. For graph_parallel it also prints the halo size and the
-all_to_all volume predicted from it, which the measured bytes must equal. Bytes are exact;
-times are indicative when the processes share fewer cores than there are processes.
+partition' into one part per process; minibatch GraphSAGE on sampled batches) and prints one
+markdown table: epoch time (rank 0's training steps, evaluation excluded), its ratio to the
+run with the fewest processes measured here, and the bytes each collective moved, summed over
+ranks, per epoch. For graph_parallel it also prints the halo size and the all_to_all volume
+predicted from it, which the measured bytes must equal. Bytes are exact; times are indicative
+when the processes share fewer cores than there are processes.
 
-    python benchmarks/scaling.py [--nodes 20000] [--procs 1 2 4] [--workdir DIR]
+    python benchmarks/scaling.py [--nodes 20000] [--procs 1 2 4] [--workdir DIR] [--json OUT]
+
+With ``--json`` it also writes each run's figures (``methods["<executor>_<P>p"]``) and the
+named ratios ``<executor>_<P>p_over_<executor>_1p_epoch`` and, for graph_parallel,
+``graph_parallel_<P>p_measured_over_predicted_all_to_all`` (1 when the bytes are exact); see
+benchmarks/report.py. The smallest useful run, about a minute on 2 cores::
+
+    python benchmarks/scaling.py --nodes 2000 --procs 1 2 4
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from report import add_json_flag, publish, ratio
 from torchrun_job import run_training
 
 JOB = """
@@ -72,6 +81,43 @@ def predicted_all_to_all(store: str, name: str, result: dict) -> tuple[int, int]
     return halo, setup + steps * (layers - 1) * 2 * per_exchange + evaluations * (layers - 1) * per_exchange
 
 
+def measure(workdir: Path, store: str, executor: str, procs: int, port: int) -> dict:
+    """One run's figures: epoch time, accuracy, bytes by op (per epoch, and the setup's
+    broadcast); for graph_parallel on more than one process, the halo and the all_to_all bytes
+    measured beside the prediction (``all_to_all_exact``)."""
+    stored = partition(store, procs) if executor == "graph_parallel" and procs > 1 else ""
+    r = _run(workdir, store, executor, procs, port, stored)
+    figures = {
+        "executor": executor,
+        "processes": procs,
+        "epoch_seconds": r["train_seconds"] / r["epochs"],
+        "test_acc": r["test_acc"],
+        "epochs": r["epochs"],
+        "steps": r["steps"],
+        "comm_bytes_per_epoch": {op: b / r["epochs"] for op, b in r["comm_bytes"].items()},
+        "comm_bytes": r["comm_bytes"],
+        "wall_seconds": r["wall_seconds"],
+    }
+    if stored:
+        halo, predicted = predicted_all_to_all(store, stored, r)
+        measured = r["comm_bytes"].get("all_to_all", 0)
+        figures.update(halo_rows=halo, all_to_all_bytes=measured, all_to_all_predicted=predicted, all_to_all_exact=measured == predicted)
+    return figures
+
+
+def _row(f: dict, baseline: dict) -> str:
+    per_epoch = f["comm_bytes_per_epoch"]
+    check = " | |"
+    if "all_to_all_predicted" in f:
+        sign = "=" if f["all_to_all_exact"] else "!="
+        check = f" {f['halo_rows']:,} | {f['all_to_all_bytes']:,} {sign} {f['all_to_all_predicted']:,} |"
+    return (
+        f"| {f['executor']} | {f['processes']} | {f['epoch_seconds']:.3f} | {f['epoch_seconds'] / baseline['epoch_seconds']:.2f}x | "
+        f"{f['test_acc']:.4f} | {_mb(per_epoch.get('all_to_all', 0))} | {_mb(per_epoch.get('all_reduce', 0))} | "
+        f"{_mb(f['comm_bytes'].get('broadcast', 0))} |" + check
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", type=int, default=20_000)
@@ -79,6 +125,7 @@ def main() -> None:
     parser.add_argument("--executors", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
     parser.add_argument("--workdir", default="")
     parser.add_argument("--port", type=int, default=29731)
+    add_json_flag(parser)
     args = parser.parse_args()
     os.environ.setdefault("DGLBACKEND", "pytorch")
     from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
@@ -90,27 +137,25 @@ def main() -> None:
     )
     print(f"graph: {meta.num_nodes:,} nodes, {meta.num_edges:,} edges, {meta.feat_dim} features; {os.cpu_count()} CPU cores")
     print()
-    print("| executor | processes | epoch time (s) | vs 1 process | test acc | all_to_all / epoch | all_reduce / epoch | broadcast (setup) | halo nodes | all_to_all measured = predicted |")
+    print("| executor | processes | epoch time (s) | vs 1 process | test acc | all_to_all / epoch | all_reduce / epoch "
+          "| broadcast (setup) | halo nodes | all_to_all measured = predicted |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+    methods, ratios = {}, {}
     for executor in args.executors:
-        baseline = None
+        first = f"{executor}_{args.procs[0]}p"
         for i, procs in enumerate(args.procs):
-            stored = partition(store, procs) if executor == "graph_parallel" and procs > 1 else ""
-            r = _run(workdir, store, executor, procs, args.port + 10 * i + (100 if executor == "minibatch" else 0), stored)
-            epoch = r["train_seconds"] / r["epochs"]
-            baseline = baseline or epoch
-            per_epoch = {op: b / r["epochs"] for op, b in r["comm_bytes"].items()}
-            check = ""
-            if stored:
-                halo, predicted = predicted_all_to_all(store, stored, r)
-                measured = r["comm_bytes"].get("all_to_all", 0)
-                check = f" {halo:,} | {measured:,} {'=' if measured == predicted else '!='} {predicted:,} |"
-            print(
-                f"| {executor} | {procs} | {epoch:.3f} | {epoch / baseline:.2f}x | {r['test_acc']:.4f} | "
-                f"{_mb(per_epoch.get('all_to_all', 0))} | {_mb(per_epoch.get('all_reduce', 0))} | "
-                f"{_mb(r['comm_bytes'].get('broadcast', 0))} |" + (check or " | |"),
-                flush=True,
-            )
+            key = f"{executor}_{procs}p"
+            port = args.port + 10 * i + (100 if executor == "minibatch" else 0)
+            methods[key] = f = measure(workdir, store, executor, procs, port)
+            print(_row(f, methods[first]), flush=True)
+            if key != first:
+                ratios[f"{key}_over_{first}_epoch"] = ratio(f["epoch_seconds"], methods[first]["epoch_seconds"])
+            if "all_to_all_predicted" in f:
+                ratios[f"{key}_measured_over_predicted_all_to_all"] = ratio(f["all_to_all_bytes"], f["all_to_all_predicted"])
+    print()
+    context = {"num_nodes": meta.num_nodes, "num_edges": meta.num_edges, "feat_dim": meta.feat_dim, "cpu_cores": os.cpu_count(),
+               "workloads": WORKLOADS}
+    publish(args, "scaling", methods, ratios, context)
 
 
 def _mb(nbytes: float) -> str:
