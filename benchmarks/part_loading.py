@@ -13,7 +13,14 @@ Each way runs as its own torchrun job, so each rank's peak resident memory (ru_m
 what the process held after its imports) belongs to that way alone. It prints per-rank peaks,
 seconds, and the ratios whole / share.
 
-    python benchmarks/part_loading.py [--nodes 500000] [--feat-dim 256] [--procs 4]
+    python benchmarks/part_loading.py [--nodes 500000] [--feat-dim 256] [--procs 4] [--json OUT]
+
+With ``--json`` it also writes both ways' per-rank figures (``methods["share"]``,
+``methods["whole"]``) and the ratios ``whole_over_share_peak_memory`` (largest rank peak) and
+``whole_over_share_seconds`` (median rank); see benchmarks/report.py. The smallest useful run,
+half a minute on 2 cores::
+
+    python benchmarks/part_loading.py --nodes 5000 --feat-dim 16
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from report import add_json_flag, publish, ratio
 from torchrun_job import run_worker
 
 
@@ -87,6 +95,7 @@ def main() -> None:
     parser.add_argument("--feat-dim", type=int, default=256)
     parser.add_argument("--procs", type=int, default=4)
     parser.add_argument("--workdir", default="")
+    add_json_flag(parser)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -118,17 +127,28 @@ def main() -> None:
         results[way] = _launch(spec, args.procs, port + i, workdir)
 
     print()
-    print("| rank | owned | halo | its features | peak memory, share | peak memory, whole | whole / share | seconds, share | seconds, whole |")
+    print("| rank | owned | halo | its features | peak memory, share | peak memory, whole | whole / share "
+          "| seconds, share | seconds, whole |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for share, whole in zip(results["share"], results["whole"]):
+        times = ratio(whole["peak_mb"], share["peak_mb"])  # None where a tiny share did not raise the peak
         print(f"| {share['rank']} | {share['owned']:,} | {share['halo']:,} | {share['feature_mb']:,.0f} MiB | "
-              f"{share['peak_mb']:,.0f} MiB | {whole['peak_mb']:,.0f} MiB | {whole['peak_mb'] / share['peak_mb']:.2f}x | "
+              f"{share['peak_mb']:,.0f} MiB | {whole['peak_mb']:,.0f} MiB | {'-' if times is None else f'{times:.2f}x'} | "
               f"{share['seconds']:.1f} s | {whole['seconds']:.1f} s |")
-    peak = {way: max(r["peak_mb"] for r in rs) for way, rs in results.items()}
-    seconds = {way: statistics.median(r["seconds"] for r in rs) for way, rs in results.items()}
-    print(f"\nlargest rank peak: whole {peak['whole']:,.0f} MiB / share {peak['share']:,.0f} MiB = {peak['whole'] / peak['share']:.2f}x; "
-          f"median seconds: whole {seconds['whole']:.1f} / share {seconds['share']:.1f} = {seconds['whole'] / seconds['share']:.2f}x")
+    methods = {way: {"largest_peak_mb": max(r["peak_mb"] for r in ranks), "median_seconds": statistics.median(r["seconds"] for r in ranks),
+                     "ranks": ranks}
+               for way, ranks in results.items()}
+    share, whole = methods["share"], methods["whole"]
+    print(f"\nlargest rank peak: whole {whole['largest_peak_mb']:,.0f} MiB / share {share['largest_peak_mb']:,.0f} MiB; "
+          f"median seconds: whole {whole['median_seconds']:.1f} / share {share['median_seconds']:.1f}")
     print("Peak memory: each rank's ru_maxrss above what it held after its imports, one torchrun job per way.")
+    ratios = {
+        "whole_over_share_peak_memory": ratio(whole["largest_peak_mb"], share["largest_peak_mb"]),
+        "whole_over_share_seconds": ratio(whole["median_seconds"], share["median_seconds"]),
+    }
+    context = {"num_nodes": meta.num_nodes, "num_edges": meta.num_edges, "feat_dim": meta.feat_dim, "feature_mb": feature_mb,
+               "partition": cut.partition_name}
+    publish(args, "part_loading", methods, ratios, context)
 
 
 if __name__ == "__main__":
