@@ -13,6 +13,14 @@
 Stores are generated under --workdir (a temporary folder by default); Cora is read from
 --planetoid (default: the shared data folder beside the repository) and skipped, saying
 so, when absent.
+
+With ``--json`` it also writes each method's figures by graph (``methods["fennel"]["cora"]``;
+the memory measurement under the graph ``big``), the graphs and the targets' verdicts under
+``context``, and the ratios ``fennel_over_metis_cut_<graph>``, ``random_over_fennel_cut_<graph>``
+and, with --big-metis, ``metis_over_fennel_added_memory_big``; see benchmarks/report.py. The
+smallest useful run, half a minute on 2 cores::
+
+    python benchmarks/partition_quality.py --big-nodes 20000 --big-metis --mid-nodes 3000
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import add_json_flag, publish, ratio
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("metis", "fennel", "ldg", "random", "range")
@@ -152,7 +162,7 @@ def _print_quality(title: str, rows: dict[str, dict], num_nodes: int, num_edges:
     return verdict
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--parts", type=int, default=4)
     p.add_argument("--workdir", default="", help="where generated stores go (kept between runs; default: a temp folder)")
@@ -162,61 +172,84 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mid-nodes", type=int, default=100_000)
     p.add_argument("--skip-big", action="store_true", help="skip the 1M-node memory measurement")
     p.add_argument("--big-metis", action="store_true", help="also measure metis on the big graph, for its memory")
-    p.add_argument("--json", default="", help="write all figures to this file")
+    add_json_flag(p)
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     p.add_argument("--child-method", default="fennel", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def memory(args: argparse.Namespace, workdir: Path) -> dict[str, dict]:
+    """The big graph's memory measurement: each method's row, in a fresh process."""
+    url = _synthetic(workdir, f"rmat-{args.big_nodes}", args.big_nodes, "rmat", args.big_degree)
+    methods = ("fennel", "metis") if args.big_metis else ("fennel",)
+    print(f"memory: {args.parts} parts of a synthetic R-MAT graph, each method in a fresh process")
+    rows = {}
+    for method in methods:
+        rows[method] = row = _child(url, method, args.parts)
+        print(
+            f"  {method:<7} {row['num_nodes']:,} nodes, {row['num_edges']:,} edges: peak RSS "
+            f"{row['peak_rss'] / GIB:.3f} GiB, after opening the store {row['baseline_rss'] / GIB:.3f} GiB, "
+            f"added {row['delta_rss'] / GIB:.3f} GiB (target <= 2 GiB: "
+            f"{'yes' if row['delta_rss'] <= 2 * GIB else 'NO'}); {row['seconds']:.1f} s; "
+            f"edge cut {row['edge_cut']:,} ({row['edge_cut_fraction']:.4f}); node balance {row['node_balance']:.3f}"
+        )
+    return rows
+
+
+def quality_stores(args: argparse.Namespace, workdir: Path) -> dict[str, tuple[str, str]]:
+    """(title, store URL) of each graph whose cuts are compared, by its short name."""
+    stores = {}
+    planetoid = Path(args.planetoid)
+    if (planetoid / "ind.cora.x").exists():
+        from strata.storage.ingest import ingest
+
+        url = str(workdir / "cora")
+        if not (workdir / "cora" / "_STRATA_COMPLETE").exists():
+            ingest("planetoid", str(planetoid), url, name="cora", overwrite=True)
+        stores["cora"] = ("Cora", url)
+    else:
+        print(f"\nCora skipped: no Planetoid files at {planetoid} (pass --planetoid DIR)")
+    for kind in ("block", "rmat"):
+        stores[kind] = (f"synthetic {kind}", _synthetic(workdir, f"{kind}-{args.mid_nodes}", args.mid_nodes, kind, 10.0))
+    return stores
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     if args.child:
         measure_child(args.child, args.child_method, args.parts)
         return 0
+    from strata.storage.store import DatasetStore
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(args.workdir or tmp)
         workdir.mkdir(parents=True, exist_ok=True)
-        results: dict = {"parts": args.parts}
-
+        methods: dict[str, dict[str, dict]] = {}
+        graphs: dict[str, dict] = {}
+        ratios: dict[str, float | None] = {}
         if not args.skip_big:
-            url = _synthetic(workdir, f"rmat-{args.big_nodes}", args.big_nodes, "rmat", args.big_degree)
-            methods = ("fennel", "metis") if args.big_metis else ("fennel",)
-            print(f"memory: {args.parts} parts of a synthetic R-MAT graph, each method in a fresh process")
-            for method in methods:
-                row = _child(url, method, args.parts)
-                results[f"big_{method}"] = row
-                print(
-                    f"  {method:<7} {row['num_nodes']:,} nodes, {row['num_edges']:,} edges: peak RSS "
-                    f"{row['peak_rss'] / GIB:.3f} GiB, after opening the store {row['baseline_rss'] / GIB:.3f} GiB, "
-                    f"added {row['delta_rss'] / GIB:.3f} GiB (target <= 2 GiB: "
-                    f"{'yes' if row['delta_rss'] <= 2 * GIB else 'NO'}); {row['seconds']:.1f} s; "
-                    f"edge cut {row['edge_cut']:,} ({row['edge_cut_fraction']:.4f}); node balance {row['node_balance']:.3f}"
-                )
+            big = memory(args, workdir)
+            for method, row in big.items():
+                methods.setdefault(method, {})["big"] = row
+            fennel = big["fennel"]
+            graphs["big"] = {"num_nodes": fennel["num_nodes"], "num_edges": fennel["num_edges"],
+                             "fennel_added_within_2_gib": fennel["delta_rss"] <= 2 * GIB}
+            if "metis" in big:
+                ratios["metis_over_fennel_added_memory_big"] = ratio(big["metis"]["delta_rss"], fennel["delta_rss"])
+                ratios["fennel_over_metis_cut_big"] = ratio(fennel["edge_cut"], big["metis"]["edge_cut"])
 
-        planetoid = Path(args.planetoid)
-        if (planetoid / "ind.cora.x").exists():
-            from strata.storage.ingest import ingest
-
-            url = str(workdir / "cora")
-            if not (workdir / "cora" / "_STRATA_COMPLETE").exists():
-                ingest("planetoid", str(planetoid), url, name="cora", overwrite=True)
-            from strata.storage.store import DatasetStore
-
+        for name, (title, url) in quality_stores(args, workdir).items():
             meta = DatasetStore.open(url).meta
             rows = quality(url, args.parts)
-            results["cora"] = {"rows": rows, **_print_quality("Cora", rows, meta.num_nodes, meta.num_edges)}
-        else:
-            print(f"\nCora skipped: no Planetoid files at {planetoid} (pass --planetoid DIR)")
-
-        for kind in ("block", "rmat"):
-            from strata.storage.store import DatasetStore
-
-            url = _synthetic(workdir, f"{kind}-{args.mid_nodes}", args.mid_nodes, kind, 10.0)
-            meta = DatasetStore.open(url).meta
-            rows = quality(url, args.parts)
-            results[f"synthetic_{kind}"] = {
-                "rows": rows,
-                **_print_quality(f"synthetic {kind}", rows, meta.num_nodes, meta.num_edges),
-            }
-        if args.json:
-            Path(args.json).write_text(json.dumps(results, indent=1))
+            verdict = _print_quality(title, rows, meta.num_nodes, meta.num_edges)
+            for method, row in rows.items():
+                methods.setdefault(method, {})[name] = row
+            graphs[name] = {"num_nodes": meta.num_nodes, "num_edges": meta.num_edges, "ordering_ok": verdict["ordering_ok"],
+                            "fennel_within_1_5x_metis": verdict["fennel_within_1_5x_metis"]}
+            ratios[f"fennel_over_metis_cut_{name}"] = ratio(rows["fennel"]["edge_cut"], rows["metis"]["edge_cut"])
+            ratios[f"random_over_fennel_cut_{name}"] = ratio(rows["random"]["edge_cut"], rows["fennel"]["edge_cut"])
+        print()
+        publish(args, "partition_quality", methods, ratios, {"graphs": graphs})
     return 0
 
 
