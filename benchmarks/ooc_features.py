@@ -29,6 +29,15 @@ Example (from the repository root, virtualenv active)::
 
     python benchmarks/ooc_features.py --work /tmp/oocbench --nodes 2000000 --feat-dim 128 \\
         --host-cache 256MiB --markdown docs/benchmarks.md
+
+With ``--json`` it also writes each method's figures (``methods["memmap"]``: epoch seconds,
+bytes read, read amplification, peak RSS, ...), the offline pass under ``context``, and the
+ratios ``<method>_over_packed_epoch``, ``<method>_over_packed_epoch_amortised`` (the offline
+pass's cost spread over the epochs it serves) and ``packed_added_rss_over_host_cache``; see
+benchmarks/report.py. The smallest useful run, half a minute on 2 cores::
+
+    python benchmarks/ooc_features.py --work /tmp/oocsmall --nodes 50000 --feat-dim 16 --batch-size 64 \\
+        --host-cache 2MiB --method-seconds 5 --repeats 1
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from report import add_json_flag, publish, ratio
 
 METHODS = ("naive", "memmap", "cached", "packed", "in_memory")
 SECTION = "## Tiered feature store"
@@ -76,6 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--markdown", default="", help="write the results as the 'Tiered feature store' section of this file")
     p.add_argument("--report-from", default="", help="rebuild the report from the log of an earlier run (no measuring)")
+    add_json_flag(p)
     p.add_argument("--child", default="", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -289,7 +300,7 @@ def run_child(args: argparse.Namespace) -> dict[str, object]:
             source = prefetched(stored, range(steps), depth=args.prefetch, workers=args.workers)
         else:
             source = (online(s) for s in range(steps))
-        for blocks, x in source:
+        for _blocks, x in source:
             rows += len(x)
             done += 1
             drop_cache(files)
@@ -435,6 +446,25 @@ def report(args: argparse.Namespace, prep: dict[str, float], results: list[dict]
     return "\n".join(text) + "\n"
 
 
+def figures(args: argparse.Namespace, prep: dict, results: list[dict]) -> tuple[dict, dict, dict]:
+    """(methods, ratios, context) of the JSON report: each method's figures with its read
+    amplification; every online method's epoch over packed's, as measured and with the offline
+    pass amortised over the epochs the pack serves; packed's memory over its budget."""
+    methods = {r["method"]: {**r, "read_amplification": ratio(r["read_bytes"], r["rows"] * r["row_bytes"])} for r in results}
+    offline = prep["sample_seconds"] + prep["pack_seconds"]
+    context = {**prep, "offline_seconds": offline, "offline_seconds_per_epoch": offline / args.epochs}
+    ratios: dict[str, float | None] = {}
+    packed = methods.get("packed")
+    if packed is not None:
+        amortised = packed["seconds"] + offline / args.epochs
+        for other in ("memmap", "in_memory", "cached", "naive"):
+            if other in methods:
+                ratios[f"{other}_over_packed_epoch"] = ratio(methods[other]["seconds"], packed["seconds"])
+                ratios[f"{other}_over_packed_epoch_amortised"] = ratio(methods[other]["seconds"], amortised)
+        ratios["packed_added_rss_over_host_cache"] = ratio(packed["peak_rss"] - packed["rss_fixed"], args.host_cache)
+    return methods, ratios, context
+
+
 def write_section(path: Path, section: str) -> None:
     old = path.read_text() if path.exists() else "# strata benchmarks\n"
     start = old.find(SECTION + "\n")
@@ -469,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         print(section)
         if args.markdown:
             write_section(Path(args.markdown), section)
+        publish(args, "ooc_features", *figures(args, prep, results))
         return 0
     t = time.perf_counter()
     prep = prepare(args)
@@ -488,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     print(section)
     if args.markdown:
         write_section(Path(args.markdown), section)
+    publish(args, "ooc_features", *figures(args, prep, results))
     return 0
 
 
