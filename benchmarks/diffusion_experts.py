@@ -16,17 +16,28 @@ second router trained on (x_t, t) alone.
     python benchmarks/diffusion_experts.py [--steps 3000] [--experts 4] [--workdir DIR] [--json OUT]
 
 One process, one CPU thread; ~15 minutes at the defaults on a busy 2-core machine.
+
+With ``--json`` it also writes each model's figures (``methods``: ``monolith``,
+``experts_top1``, ``experts_weighted``, ``experts_top1_router_xt_only``), the clusters and
+routers under ``context``, and the ratios ``<experts variant>_over_monolith_fid``,
+``<experts variant>_over_monolith_match`` and ``experts_over_monolith_train_seconds``; see
+benchmarks/report.py. The smallest run that exercises every part, a minute on 2 cores (its
+figures mean nothing)::
+
+    python benchmarks/diffusion_experts.py --steps 40 --experts 2 --router-steps 10 --hidden 16 --depth 1 \\
+        --num-per-class 2 --sample-steps 5
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+
+from report import add_json_flag, publish, ratio
 
 
 def parse() -> argparse.Namespace:
@@ -43,7 +54,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", default="", help="where the store and runs go (default: a temporary folder)")
-    p.add_argument("--json", default="", help="also write the figures to this JSON file")
+    add_json_flag(p)
     return p.parse_args()
 
 
@@ -129,28 +140,38 @@ def main() -> None:
           f"{plain_router.accuracy_all_t:.3f} over all t ({time.perf_counter() - started:.0f} s)")
 
     cfg = SampleConfig(num_per_class=args.num_per_class, guidance=args.guidance, steps=args.sample_steps, seed=args.seed)
-    rows = {}
+    methods = {
+        "monolith": {"final_loss": mono.final_loss, "train_seconds": mono.train_seconds, "wall_seconds": mono_seconds,
+                     "steps": args.steps},
+        "experts_top1": {"final_losses": [e.final_loss for e in experts.experts], "train_seconds": expert_train_seconds,
+                         "router_seconds": router.train_seconds, "seconds_in_all": experts_seconds,
+                         "steps_each": args.steps // args.experts},
+        "experts_weighted": {},
+        "experts_top1_router_xt_only": {"router_accuracy_small_t": plain_router.accuracy_small_t,
+                                        "router_accuracy_all_t": plain_router.accuracy_all_t},
+    }
     for name, path, mixture in (
         ("monolith", str(workdir / "monolith"), "top1"),
-        ("experts top1", str(workdir / "experts"), "top1"),
-        ("experts weighted", str(workdir / "experts"), "weighted"),
-        ("experts top1, router without y", plain_manifest, "top1"),
+        ("experts_top1", str(workdir / "experts"), "top1"),
+        ("experts_weighted", str(workdir / "experts"), "weighted"),
+        ("experts_top1_router_xt_only", plain_manifest, "top1"),
     ):
         result = sample(path, replace(cfg, mixture=mixture), quality_store=store)
-        rows[name] = {"match_rate": result.match_rate, "fid": result.fid, "sample_seconds": result.seconds,
-                      "expert_share": result.expert_share, "grid": result.out}
+        methods[name].update(match_rate=result.match_rate, fid=result.fid, sample_seconds=result.seconds,
+                             expert_share=result.expert_share, grid=result.out)
         share = f"  expert share {[round(s, 2) for s in result.expert_share]}" if result.expert_share else ""
-        print(f"{name:31s} class match {result.match_rate:.3f}  digits FID {result.fid:8.3f}  "
+        print(f"{name:28s} class match {result.match_rate:.3f}  digits FID {result.fid:8.3f}  "
               f"({result.num_samples} samples, {result.seconds:.0f} s){share}")
-    fid_ratio = rows["experts top1"]["fid"] / rows["monolith"]["fid"]
-    match_ratio = rows["experts top1"]["match_rate"] / rows["monolith"]["match_rate"]
-    print(f"experts top1 / monolith: FID x{fid_ratio:.2f} (lower is better), class match x{match_ratio:.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "args": vars(args), "monolith_train_seconds": mono_seconds, "experts_seconds": experts_seconds,
-            "expert_train_seconds": expert_train_seconds, "router": asdict(router), "router_xt_only": asdict(plain_router), "cluster_sizes": experts.cluster_sizes,
-            "rows": rows, "fid_ratio": fid_ratio, "match_ratio": match_ratio,
-        }, indent=1))
+    mono_figures = methods["monolith"]
+    # Seconds in training steps on both sides (setup, checkpoints and the router not counted).
+    ratios = {"experts_over_monolith_train_seconds": ratio(expert_train_seconds, mono.train_seconds)}
+    for name in ("experts_top1", "experts_weighted", "experts_top1_router_xt_only"):
+        # FID: lower is better, so above 1 means the experts are worse; class match: higher is better.
+        ratios[f"{name}_over_monolith_fid"] = ratio(methods[name]["fid"], mono_figures["fid"])
+        ratios[f"{name}_over_monolith_match"] = ratio(methods[name]["match_rate"], mono_figures["match_rate"])
+    context = {"images_each_side": args.steps * args.batch_size, "cluster_sizes": experts.cluster_sizes,
+               "router": asdict(router), "router_xt_only": asdict(plain_router)}
+    publish(args, "diffusion_experts", methods, ratios, context)
 
 
 if __name__ == "__main__":
