@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from strata.errors import PartitionError
+from strata.graph.csc import induced_subgraph
 from strata.partitioners.assign import assign_with
 from strata.partitioners.config import PartitionConfig
 from strata.partitioners.format import (
@@ -24,7 +25,7 @@ from strata.partitioners.format import (
     graph_checksum,
 )
 from strata.partitioners.graph import StoreGraph
-from strata.partitioners.halo import local_graph, upstream_halo
+from strata.partitioners.halo import upstream_halo
 from strata.partitioners.report import Balance, QualityReport, peak_rss_bytes
 from strata.storage.store import DatasetStore
 
@@ -83,7 +84,7 @@ def build(
     with PartitionWriter(store, info, overwrite) as writer:
         for p in tqdm(range(k), desc="write", unit="part", disable=not progress):
             local_to_global = np.concatenate([owned[p], *rings[p]]).astype(np.int64)
-            local = local_graph(indptr, indices, local_to_global, g2l)
+            local = induced_subgraph(indptr, indices, local_to_global, g2l)
             writer.write_part(
                 Partition(
                     part_id=p,

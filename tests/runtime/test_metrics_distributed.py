@@ -81,14 +81,14 @@ def _value(values: dict[tuple, float], name: str, **labels: str) -> float:
 
 
 def _halo_total(store: str) -> int:
+    from strata.graph.csc import graph_csc
     from strata.partitioners.assign import assign
     from strata.runtime.config import DataConfig
     from strata.runtime.gnn.data import load_node_data
-    from strata.runtime.gnn.executors.graph_parallel import global_csc
     from strata.runtime.gnn.executors.partition import local_partition
 
     data = load_node_data(DataConfig(store=store), self_loops=True)
-    indptr, indices = global_csc(data.graph)
+    indptr, indices = graph_csc(data.graph)
     parts = assign((indptr, indices), WORLD, 3, method="range")
     return sum(local_partition(indptr, indices, parts, r, num_parts=WORLD).num_halo for r in range(WORLD))
 

@@ -21,7 +21,6 @@ from strata.storage.featstore.sampling import (
     NeighbourSampler,
     SamplerConfig,
     sample_step,
-    sampling_csc,
 )
 from strata.storage.featstore.writer import Packer, pack
 from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
@@ -94,22 +93,6 @@ def test_sampler_draws_neighbours_uniformly() -> None:
         batch = sampler.sample(np.array([0]), rng)
         hits[batch.input_nodes[1:]] += 1
     assert np.all(np.abs(hits[1:] / 4000 - 0.3) < 0.03)
-
-
-def test_sampling_csc_matches_dgl_self_loops() -> None:
-    from strata.runtime.gnn.data import to_dgl
-    from strata.storage.featstore.sampling import graph_csc
-
-    rng = np.random.default_rng(1)
-    n = 300
-    dst = np.sort(rng.integers(0, n, 3000))
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(dst, minlength=n))]).astype(np.int64)
-    indices = rng.integers(0, n, 3000)
-    indices[:50] = dst[:50]  # some self loops to drop
-    for loops in (False, True):
-        ours = sampling_csc(indptr, indices, loops)
-        theirs = graph_csc(to_dgl(indptr, indices, n, self_loops=loops))
-        assert np.array_equal(ours[0], theirs[0]) and np.array_equal(ours[1], theirs[1])
 
 
 # -- pack and read -------------------------------------------------------------------------

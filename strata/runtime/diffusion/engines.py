@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -37,6 +36,7 @@ from strata.runtime.diffusion.image_data import ImageData
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.replicas import all_reduce_gradients, broadcast_parameters
 from strata.runtime.loop import ExecutorStats, StepOutput
+from strata.storage.seeds import step_seed
 
 
 @dataclass
@@ -65,10 +65,6 @@ class DiffusionBatch:
         return DiffusionBatch(self.x0.to(device), self.y.to(device), self.t.to(device), self.noise.to(device))
 
 
-def step_seed(seed: int, step: int, purpose: int = 0) -> int:
-    return int(np.random.SeedSequence([seed, purpose, step]).generate_state(1, dtype=np.uint32)[0] >> 1)
-
-
 def sample_indices(num_images: int, batch_size: int, step: int, seed: int) -> Tensor:
     """The data-set rows of global batch ``step``: consecutive slices of one seeded permutation
     per pass over the data, so every image is seen once per pass."""
@@ -77,7 +73,7 @@ def sample_indices(num_images: int, batch_size: int, step: int, seed: int) -> Te
     while len(out) < batch_size:
         position = first + len(out)
         epoch, offset = divmod(position, num_images)
-        order = torch.randperm(num_images, generator=torch.Generator().manual_seed(step_seed(seed, epoch, purpose=1)))
+        order = torch.randperm(num_images, generator=torch.Generator().manual_seed(step_seed(seed, 1, epoch)))
         take = min(batch_size - len(out), num_images - offset)
         out.extend(order[offset : offset + take].tolist())
     return torch.tensor(out, dtype=torch.int64)
@@ -90,7 +86,7 @@ def global_batch(
     """Global batch ``step``, or only its ``rows`` (a rank's slice); the random draws are made
     for the whole batch either way, so slices of it agree with the whole."""
     index = sample_indices(len(data.images), batch_size, step, seed)
-    generator = torch.Generator().manual_seed(step_seed(seed, step, purpose=2))
+    generator = torch.Generator().manual_seed(step_seed(seed, 2, step))
     t = torch.randint(0, timesteps, (batch_size,), generator=generator)
     noise = torch.randn((batch_size, *data.images.shape[1:]), generator=generator)
     drop = torch.rand(batch_size, generator=generator) < label_dropout

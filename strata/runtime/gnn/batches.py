@@ -21,19 +21,18 @@ import torch
 from torch import Tensor
 
 from strata.errors import ConfigError
+from strata.graph.csc import graph_csc
 from strata.runtime.config import DataConfig
 from strata.runtime.gnn.data import NodeData
 from strata.storage.featstore.caches import FeatureCounters
 from strata.storage.featstore.config import FeaturesConfig
-from strata.storage.featstore.sampling import (  # noqa: F401  (step_seed, SHUFFLE, SAMPLE re-exported)
+from strata.storage.featstore.sampling import (  # noqa: F401  (SHUFFLE, SAMPLE re-exported)
     SAMPLE,
     SHUFFLE,
     EpochPlan,
     NeighbourSampler,
     SamplerConfig,
-    graph_csc,
     sample_step,
-    step_seed,
 )
 
 if TYPE_CHECKING:

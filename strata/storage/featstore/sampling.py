@@ -1,12 +1,13 @@
 """Deterministic neighbour sampling, shared by online training and the offline packer.
 
 A mini-batch is a pure function of (seed, epoch, step): the seed order of an epoch comes from
-``step_seed(seed, SHUFFLE, epoch)`` and the neighbours of step ``s`` from
-``step_seed(seed, SAMPLE, epoch, s)``, both through numpy generators. DGL's own neighbour
-sampler is not used here: its thread-local generators are seeded with ``seed + a per-process
-thread counter``, so with more than one OpenMP thread (or from a prefetch thread, or in
-another process such as ``strata pack``) the same seed gives different neighbours. DGL still
-builds the blocks (``dgl.create_block``), from the arrays sampled here.
+``step_seed(seed, SHUFFLE, epoch, 0)`` and the neighbours of step ``s`` from
+``step_seed(seed, SAMPLE, epoch, s)`` (:func:`strata.storage.seeds.step_seed`), both through
+numpy generators. DGL's own neighbour sampler is not used here: its thread-local generators
+are seeded with ``seed + a per-process thread counter``, so with more than one OpenMP thread
+(or from a prefetch thread, or in another process such as ``strata pack``) the same seed gives
+different neighbours. DGL still builds the blocks (``dgl.create_block``), from the arrays
+sampled here.
 
 A sampled batch is stored as numpy arrays (:class:`SampledBatch`) so the packer can write
 it and the reader rebuild exactly the same blocks. Node ids nest: the source nodes of every
@@ -25,16 +26,12 @@ import torch
 
 from strata._dgl import dgl
 from strata.errors import ConfigError
+from strata.graph.csc import edge_ranges
+from strata.storage.seeds import step_seed
 
 SHUFFLE, SAMPLE = 0, 1
 SAMPLER_VERSION = "strata-uniform-v1"
 """Names the sampling algorithm; part of a pack's fingerprint, bumped whenever results change."""
-
-
-def step_seed(seed: int, purpose: int, epoch: int, step: int = 0) -> int:
-    """A seed for one ``purpose`` (SHUFFLE, SAMPLE) that depends only on (seed, epoch, step)."""
-    # Kept below 2**31 so it also suits generators that take a signed 32-bit seed.
-    return int(np.random.SeedSequence([seed, purpose, epoch, step]).generate_state(1, dtype=np.uint32)[0] >> 1)
 
 
 @dataclass
@@ -65,42 +62,6 @@ class SamplerConfig:
         return min(rows, num_nodes)
 
 
-# -- the graph the sampler walks -------------------------------------------------------------
-
-
-def sampling_csc(indptr: np.ndarray, indices: np.ndarray, self_loops: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The CSC the sampler walks: the store's, or with its self loops replaced by one per node.
-
-    With ``self_loops`` every existing self loop is dropped, the other in-edges keep their
-    order, and each node's own loop comes last in its row; this is the CSC of
-    ``dgl.add_self_loop(dgl.remove_self_loop(g))`` (a test holds the two equal), so online
-    training on the DGL graph and offline packing from the store walk the same edges.
-    """
-    indptr = np.asarray(indptr, dtype=np.int64)
-    indices = np.asarray(indices, dtype=np.int64)
-    if not self_loops:
-        return indptr, indices
-    n = len(indptr) - 1
-    dst = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
-    keep = indices != dst
-    counts = np.bincount(dst[keep], minlength=n) + 1
-    new_indptr = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=new_indptr[1:])
-    new_indices = np.empty(new_indptr[-1], dtype=np.int64)
-    loop_at = new_indptr[1:] - 1
-    is_loop = np.zeros(len(new_indices), dtype=bool)
-    is_loop[loop_at] = True
-    new_indices[loop_at] = np.arange(n, dtype=np.int64)
-    new_indices[~is_loop] = indices[keep]
-    return new_indptr, new_indices
-
-
-def graph_csc(graph: object) -> tuple[np.ndarray, np.ndarray]:
-    """(indptr, indices) of a DGL graph's in-edges, sharing its memory."""
-    indptr, indices, _ = graph.adj_tensors("csc")  # type: ignore[attr-defined]
-    return indptr.numpy(), indices.numpy()
-
-
 # -- seeds of an epoch -----------------------------------------------------------------------
 
 
@@ -117,7 +78,7 @@ class EpochPlan:
 
     def order(self, epoch: int) -> np.ndarray:
         """The training seeds of ``epoch`` in the order they are visited."""
-        rng = np.random.default_rng(step_seed(self.seed, SHUFFLE, epoch))
+        rng = np.random.default_rng(step_seed(self.seed, SHUFFLE, epoch, 0))
         return self.train_ids[rng.permutation(len(self.train_ids))]
 
     def seeds(self, order: np.ndarray, step: int) -> np.ndarray:
@@ -204,10 +165,8 @@ class NeighbourSampler:
         np.cumsum(take, out=out_indptr[1:])
         edge_pos = np.empty(out_indptr[-1], dtype=np.int64)  # (num_edges,) positions in self.indices
 
-        whole = take == deg
-        counts = deg[whole]
-        local = _segment_arange(counts)
-        edge_pos[np.repeat(out_indptr[:-1][whole], counts) + local] = np.repeat(starts[whole], counts) + local
+        whole = take == deg  # every in-edge taken, in CSC order
+        edge_pos[edge_ranges(out_indptr, np.flatnonzero(whole))[1]] = edge_ranges(self.indptr, dst[whole])[1]
         if not whole.all():
             picked = _floyd_sample(deg[~whole], fanout, rng)  # (num_big, fanout), sorted per row
             target = out_indptr[:-1][~whole][:, None] + np.arange(fanout)
@@ -220,15 +179,6 @@ class NeighbourSampler:
         local_src = by_id[np.searchsorted(src_nodes[by_id], src_global)]
         block = BlockCSC(num_src=len(src_nodes), num_dst=len(dst), indptr=out_indptr, indices=local_src)
         return block, src_nodes
-
-
-def _segment_arange(counts: np.ndarray) -> np.ndarray:
-    """Concatenated aranges: [0..counts[0]), [0..counts[1]), ..."""
-    total = int(counts.sum())
-    if total == 0:
-        return np.empty(0, dtype=np.int64)
-    ends = np.cumsum(counts)
-    return np.arange(total, dtype=np.int64) - np.repeat(ends - counts, counts)
 
 
 def _floyd_sample(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from strata.errors import PackError
+from strata.graph.csc import with_self_loops
 from strata.storage import fs
 from strata.storage.featstore import format as fmt
 from strata.storage.featstore.config import FeaturesConfig
@@ -34,7 +35,6 @@ from strata.storage.featstore.sampling import (
     SampledBatch,
     SamplerConfig,
     sample_step,
-    sampling_csc,
 )
 from strata.storage.store import DatasetStore
 
@@ -174,7 +174,9 @@ class Packer:
 
     def _sample_all(self) -> tuple[np.ndarray, int, int]:
         indptr, indices = self.store.csc()
-        sampler = NeighbourSampler(*sampling_csc(indptr, indices, self.sampler_cfg.self_loops), self.sampler_cfg.fanouts)
+        if self.sampler_cfg.self_loops:  # as online training's DGL graph has them
+            indptr, indices = with_self_loops(indptr, indices)
+        sampler = NeighbourSampler(indptr, indices, self.sampler_cfg.fanouts)
         del indptr, indices
         counts = np.zeros(self.manifest.num_nodes, dtype=np.int64)
         max_rows = total = 0

@@ -109,11 +109,11 @@ def test_local_partitions_agree_on_who_sends_what() -> None:
 
 
 def _stored_and_in_memory(topology, store: str, name: str) -> dict:
+    from strata.graph.csc import graph_csc
     from strata.partitioners.format import open_partition
     from strata.runtime.config import DataConfig
     from strata.runtime.dist.comm import Comm
     from strata.runtime.gnn.data import load_node_data
-    from strata.runtime.gnn.executors.graph_parallel import global_csc
     from strata.runtime.gnn.executors.partition import from_stored_part
 
     comm = Comm(topology.rank, topology.world_size)
@@ -121,7 +121,7 @@ def _stored_and_in_memory(topology, store: str, name: str) -> dict:
     for self_loops in (True, False):
         parts = open_partition(store, name)
         stored = from_stored_part(parts.part(topology.rank), parts.assignment(), comm, self_loops=self_loops)
-        indptr, indices = global_csc(load_node_data(DataConfig(store=store), self_loops=self_loops).graph)
+        indptr, indices = graph_csc(load_node_data(DataConfig(store=store), self_loops=self_loops).graph)
         memory = local_partition(indptr, indices, parts.assignment(), topology.rank, num_parts=topology.world_size)
         out[self_loops] = [
             (a == b) if isinstance(a, (int, tuple)) else bool(np.array_equal(a, b))

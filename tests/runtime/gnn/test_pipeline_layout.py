@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from strata.errors import ConfigError
+from strata.graph.csc import induced_subgraph
 from strata.runtime.gnn.executors.pipeline_layout import (
     PipelineLayout,
     chunks_within_parts,
-    induced_subgraph,
     plan_units,
 )
 from strata.storage.ingest.common import edges_to_csc
@@ -85,7 +85,8 @@ def test_chunks_are_cut_inside_each_part() -> None:
     chunk_of = chunks_within_parts(indptr, indices, part_of, 3, cut)
     assert calls == [(20, 3), (20, 3)]
     assert all(set(chunk_of[part_of == g]) == {0, 1, 2} for g in range(2))
-    sub_indptr, sub_indices = induced_subgraph(indptr, indices, np.flatnonzero(part_of == 0))
+    sub = induced_subgraph(indptr, indices, np.flatnonzero(part_of == 0))
+    sub_indptr, sub_indices = sub.indptr, sub.indices
     dst = np.repeat(np.arange(40), np.diff(indptr))
     inside = (part_of[dst] == 0) & (part_of[indices] == 0)
     assert len(sub_indices) == inside.sum() and sub_indptr[-1] == inside.sum()

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from strata._dgl import dgl
 from strata.errors import ConfigError
+from strata.graph.csc import graph_csc
 from strata.models.gnn import LayeredModel
 from strata.partitioners.assign import assign
 from strata.runtime.dist.comm import Comm
@@ -39,12 +40,6 @@ from strata.runtime.gnn.executors.halo_exchange import exchange_halo
 from strata.runtime.gnn.executors.partition import LocalPartition, local_partition
 from strata.runtime.gnn.part_data import PartData, load_part, part_data_in_memory
 from strata.runtime.loop import ExecutorStats, StepOutput
-
-
-def global_csc(graph: object) -> tuple[np.ndarray, np.ndarray]:
-    """The CSC arrays of a DGLGraph, as the model sees it (self loops included)."""
-    indptr, indices, _ = graph.adj_tensors("csc")  # type: ignore[attr-defined]
-    return indptr.numpy(), indices.numpy()
 
 
 def csc_block(indptr: np.ndarray, indices: np.ndarray, src_out_deg: np.ndarray, dst_in_deg: np.ndarray) -> object:
@@ -160,7 +155,7 @@ def build(ctx: BuildContext) -> GraphParallelExecutor:
         part, share = load_part(ctx.data_cfg, cfg.partition, comm, self_loops=ctx.model.self_loops)
         return GraphParallelExecutor(ctx.model, share, part, comm, ctx.optimizer, device=ctx.device)
     data = ctx.load_data()
-    indptr, indices = global_csc(data.graph)
+    indptr, indices = graph_csc(data.graph)
     num_nodes = len(indptr) - 1
     if comm.rank == 0:
         parts = torch.from_numpy(assign((indptr, indices), comm.world_size, cfg.seed, method=cfg.partitioner).astype(np.int64))

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from strata.errors import ConfigError
+from strata.graph.csc import graph_csc
 from strata.models.gnn import LayeredModel, run_layers
 from strata.partitioners.assign import assign
 from strata.partitioners.stages import assign_stages
@@ -76,7 +77,7 @@ from strata.runtime.gnn.executors.base import (
     score_sums,
     split_scores,
 )
-from strata.runtime.gnn.executors.graph_parallel import csc_block, global_csc
+from strata.runtime.gnn.executors.graph_parallel import csc_block
 from strata.runtime.gnn.executors.halo_exchange import fetch_halo
 from strata.runtime.gnn.executors.pipeline_layout import (
     PipelineLayout,
@@ -219,7 +220,7 @@ class LayerPipelineExecutor:
             widths = [(width_h, 0) for width_h, _ in widths]  # what travels: h alone
         self.in_width, self.out_width = widths[span.start], widths[span.stop]
 
-        indptr, indices = global_csc(data.graph)
+        indptr, indices = graph_csc(data.graph)
         in_deg, out_deg = np.diff(indptr), np.bincount(indices, minlength=num_nodes)
         train_mask = np.zeros(num_nodes, dtype=bool)
         train_mask[data.splits["train"].numpy()] = True
@@ -475,7 +476,7 @@ def build(ctx: BuildContext) -> LayerPipelineExecutor:
     cfg, pipeline, comm, model = ctx.train, ctx.pipeline, ctx.comm, ctx.model
     data = ctx.load_data()
     layout = PipelineLayout.of(pipeline.stages, comm.world_size)
-    indptr, indices = global_csc(data.graph)
+    indptr, indices = graph_csc(data.graph)
     num_nodes = len(indptr) - 1
     if pipeline.chunks > num_nodes // layout.groups:
         raise ConfigError(

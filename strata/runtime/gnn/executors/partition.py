@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from strata.errors import PartitionError
+from strata.graph.csc import edge_dst, edge_ranges, with_self_loops
 from strata.partitioners.format import Partition
 from strata.runtime.dist.comm import Comm
 
@@ -61,8 +62,7 @@ def local_partition(
     """The piece of the CSC graph ``(indptr, indices)`` that part ``rank`` of ``assignment`` owns."""
     num_nodes = len(indptr) - 1
     num_parts = num_parts or (int(assignment.max()) + 1 if num_nodes else 1)
-    dst = np.repeat(np.arange(num_nodes), np.diff(indptr))
-    src_part, dst_part = assignment[indices], assignment[dst]
+    src_part, dst_part = assignment[indices], assignment[edge_dst(indptr)]
     cut = src_part != dst_part
     # Pairs (needing part, needed node); unique sorts them by part, then node id.
     needs = np.unique(np.stack([dst_part[cut], indices[cut]]), axis=1) if cut.any() else np.zeros((2, 0), np.int64)
@@ -76,9 +76,7 @@ def local_partition(
     to_local[owned] = np.arange(len(owned))
     to_local[halo] = len(owned) + np.arange(len(halo))
 
-    starts, counts = indptr[owned], indptr[owned + 1] - indptr[owned]
-    local_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    edge_ids = np.repeat(starts - local_indptr[:-1], counts) + np.arange(local_indptr[-1])
+    local_indptr, edge_ids = edge_ranges(indptr, owned)
     local_indices = to_local[indices[edge_ids]]
 
     outgoing = owner == rank  # already sorted by needing part, then node id
@@ -122,7 +120,7 @@ def from_stored_part(part: Partition, assignment: np.ndarray, comm: Comm, *, sel
     if (indices < 0).any():
         raise PartitionError(f"part {part.part_id}: an owned node has an in-neighbour outside its 1-hop halo")
     if self_loops:
-        indptr, indices = _with_self_loops(indptr, indices)
+        indptr, indices = with_self_loops(indptr, indices)
 
     recv_counts = np.bincount(owner, minlength=comm.world_size)
     ones = [1] * comm.world_size
@@ -143,15 +141,3 @@ def from_stored_part(part: Partition, assignment: np.ndarray, comm: Comm, *, sel
         send_counts=tuple(int(c) for c in send_counts),
         recv_counts=tuple(int(c) for c in recv_counts),
     )
-
-
-def _with_self_loops(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """One self loop per destination node, at the end of its in-edges; old self loops dropped."""
-    num_dst = len(indptr) - 1
-    dst = np.repeat(np.arange(num_dst), np.diff(indptr))
-    keep = indices != dst
-    counts = np.bincount(dst[keep], minlength=num_dst) + 1
-    out_indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    kept_indptr = np.concatenate([[0], np.cumsum(counts - 1)])
-    out = np.insert(indices[keep], kept_indptr[1:], np.arange(num_dst))
-    return out_indptr, out.astype(np.int64)

@@ -34,6 +34,7 @@ from typing import Callable
 import numpy as np
 
 from strata.errors import ConfigError
+from strata.graph.csc import edge_ranges, induced_subgraph
 from strata.runtime.gnn.executors.partition import LocalPartition, local_partition
 
 
@@ -132,9 +133,7 @@ def _unit(
     send_counts = np.bincount(dest[sending], minlength=num_parts)
 
     # In-edges of the dst nodes, their sources as table rows, then as block positions.
-    starts, counts = gp.indptr[dst_rows], gp.indptr[dst_rows + 1] - gp.indptr[dst_rows]
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    edge_ids = np.repeat(starts - indptr[:-1], counts) + np.arange(indptr[-1])
+    indptr, edge_ids = edge_ranges(gp.indptr, dst_rows)
     sources = gp.indices[edge_ids]
     block_pos = np.full(len(table_ids), -1, dtype=np.int64)
     block_pos[dst_rows] = np.arange(len(dst_rows))
@@ -155,16 +154,6 @@ def _unit(
     )
 
 
-def induced_subgraph(indptr: np.ndarray, indices: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSC of the subgraph on ``nodes`` (sorted global ids), renumbered 0..len(nodes)-1."""
-    local = np.full(len(indptr) - 1, -1, dtype=np.int64)
-    local[nodes] = np.arange(len(nodes))
-    dst = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-    keep = (local[dst] >= 0) & (local[indices] >= 0)
-    counts = np.bincount(local[dst[keep]], minlength=len(nodes))
-    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), local[indices[keep]]
-
-
 def chunks_within_parts(
     indptr: np.ndarray,
     indices: np.ndarray,
@@ -180,5 +169,6 @@ def chunks_within_parts(
         nodes = np.flatnonzero(part_of == g)
         k = min(num_chunks, len(nodes))
         if k > 1:
-            chunk_of[nodes] = cut(induced_subgraph(indptr, indices, nodes), k)
+            sub = induced_subgraph(indptr, indices, nodes)
+            chunk_of[nodes] = cut((sub.indptr, sub.indices), k)
     return chunk_of

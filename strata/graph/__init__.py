@@ -1,0 +1,1 @@
+"""Device-agnostic graph tensors and the CSC helpers the partitioners, samplers and executors share."""
