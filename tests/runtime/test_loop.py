@@ -6,8 +6,9 @@ loop state of checkpoints written before the one loop still resumes."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import torch

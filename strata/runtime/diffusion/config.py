@@ -104,7 +104,9 @@ class DiffusionTrainConfig:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"diffusion.precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if self.precision == "bf16" and self.executor == "pipeline":
-            raise ConfigError("diffusion.precision=bf16 is not supported by the pipeline executor (its stage messages are fp32); use auto or fp32")
+            raise ConfigError(
+                "diffusion.precision=bf16 is not supported by the pipeline executor (its stage messages are fp32); use auto or fp32"
+            )
         if self.executor == "experts" and not self.images_in_memory:
             raise ConfigError("diffusion.images_in_memory=false is for data_parallel and pipeline; experts cluster the whole set in memory")
 

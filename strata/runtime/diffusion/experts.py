@@ -176,7 +176,8 @@ def cluster_labels(store_url: str, cfg: ExpertsConfig, url: str, *, progress: bo
                 "or another run_dir for a new set"
             )
         return labels
-    result = cluster_store(store, IMAGES, KMeansConfig(num_clusters=cfg.num_experts, epochs=cfg.cluster_epochs, seed=cfg.cluster_seed), progress=progress)
+    kmeans = KMeansConfig(num_clusters=cfg.num_experts, epochs=cfg.cluster_epochs, seed=cfg.cluster_seed)
+    result = cluster_store(store, IMAGES, kmeans, progress=progress)
     log.info("experts: %s", result.report.format())
     if result.report.empty_clusters:
         raise StrataError(

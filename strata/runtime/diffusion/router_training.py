@@ -3,8 +3,9 @@ image of the set, learning which cluster a noisy image (and its class) came from
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -112,7 +113,8 @@ class RouterJob:
                  device: str, log_every: int, meta: dict) -> None:
         self.executor, self.data, self.schedule, self.cfg = executor, data, schedule, cfg
         self.targets = ImageData(data.images, clusters, cfg.num_experts)
-        self.seed, self.num_classes, self.metrics, self.device, self.log_every, self.meta = seed, num_classes, metrics, device, log_every, meta
+        self.seed, self.num_classes, self.metrics, self.device = seed, num_classes, metrics, device
+        self.log_every, self.meta = log_every, meta
         self.rows = rank_rows(cfg.router_batch_size, 1, comm.rank, comm.world_size)
 
     def steps_per_epoch(self) -> int:

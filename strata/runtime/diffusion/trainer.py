@@ -14,8 +14,9 @@ and a run killed and resumed from a checkpoint continues the uninterrupted run's
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import nn
@@ -156,7 +157,9 @@ def train_diffusion(
     try:
         comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
         start = {
-            "config": {"data": asdict(data_cfg), "diffusion_model": asdict(model_cfg), "noise": asdict(noise_cfg), "diffusion": asdict(cfg)},
+            "config": {
+                "data": asdict(data_cfg), "diffusion_model": asdict(model_cfg), "noise": asdict(noise_cfg), "diffusion": asdict(cfg),
+            },
             "world_size": topology.world_size, "launcher": topology.launcher, "restart_count": topology.restart_count,
         }
         result = fit(

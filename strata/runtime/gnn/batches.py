@@ -13,8 +13,9 @@ yield the same blocks and the same ``x``, bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -97,7 +98,7 @@ class SampledBatches:
     """Shuffled seed batches with neighbour-sampled blocks, features from memory;
     deterministic per (seed, epoch, step), whatever the number of threads or processes."""
 
-    def __init__(self, data: NodeData, cfg: "TrainConfig", num_graph_layers: int) -> None:
+    def __init__(self, data: NodeData, cfg: TrainConfig, num_graph_layers: int) -> None:
         _check_fanouts(cfg, num_graph_layers)
         self.data = data
         self.plan = EpochPlan(_train_ids(data), cfg.batch_size, cfg.seed)
@@ -128,7 +129,7 @@ class StoreBatches:
     """Sampled batches whose blocks and features come from the tiered feature store
     (``cached`` or ``packed`` mode), loaded ahead on background threads."""
 
-    def __init__(self, data: NodeData, loader: "FeatureLoader", features: FeaturesConfig) -> None:
+    def __init__(self, data: NodeData, loader: FeatureLoader, features: FeaturesConfig) -> None:
         self.data = data
         self.loader = loader
         self.features = features
@@ -156,7 +157,7 @@ class StoreBatches:
         self.loader.close()
 
 
-def _check_fanouts(cfg: "TrainConfig", num_graph_layers: int) -> None:
+def _check_fanouts(cfg: TrainConfig, num_graph_layers: int) -> None:
     if len(cfg.fanouts) != num_graph_layers:
         raise ConfigError(f"train.fanouts has {len(cfg.fanouts)} entries but the model has {num_graph_layers} graph layers")
 
@@ -181,7 +182,7 @@ class FeatureOptions:
     """Where batches are assembled (a CUDA device enables the device cache); default CPU."""
 
     @classmethod
-    def of_job(cls, features: FeaturesConfig | None, data_cfg: DataConfig, self_loops: bool) -> "FeatureOptions | None":
+    def of_job(cls, features: FeaturesConfig | None, data_cfg: DataConfig, self_loops: bool) -> FeatureOptions | None:
         """The options of a job's ``features`` and ``data`` sections; None means in memory."""
         if features is None:
             return None
@@ -189,7 +190,7 @@ class FeatureOptions:
 
 
 def make_batches(
-    data: NodeData, cfg: "TrainConfig", num_graph_layers: int, options: FeatureOptions | None = None
+    data: NodeData, cfg: TrainConfig, num_graph_layers: int, options: FeatureOptions | None = None
 ) -> BatchSource:
     """The batch source ``cfg.mode`` and ``options.features.mode`` ask for (in memory by default)."""
     mode = options.features.mode if options is not None else "in_memory"

@@ -16,7 +16,7 @@ gradients. The raw features of the first layer never change: their halo is fetch
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -12,7 +12,8 @@ rows (the layer pipeline's hybrid mode sends, per chunk, only the chunk's rows);
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

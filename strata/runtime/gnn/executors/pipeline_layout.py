@@ -28,8 +28,8 @@ Everything here is numpy arithmetic, checked by tests without processes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
