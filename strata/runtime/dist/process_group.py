@@ -8,18 +8,16 @@ destroys it on the way out, whether training ended, failed or was interrupted.
 from __future__ import annotations
 
 import logging
-import math
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
 
-from strata.errors import ConfigError, StrataError
-from strata.runtime.dist.topology import BACKENDS, Topology
+from strata.errors import StrataError
+from strata.runtime.dist.topology import Topology
 
 log = logging.getLogger(__name__)
 
@@ -68,18 +66,45 @@ def process_group(topology: Topology, *, timeout_seconds: float = 600.0) -> Iter
             f"{topology.master_addr}:{topology.master_port} ({topology.launcher}, {topology.backend}) within "
             f"{timeout_seconds:g}s: {exc}. Check that every rank was started and that the address is reachable"
         ) from exc
-    log.info(
-        "rank %d/%d joined the %s process group at %s:%d (%s)",
-        topology.rank, topology.world_size, topology.backend, topology.master_addr, topology.master_port, topology.launcher,
-    )
     finished = False
     try:
+        _check_in(store, topology, timeout_seconds)
+        log.info(
+            "rank %d/%d joined the %s process group at %s:%d (%s)",
+            topology.rank, topology.world_size, topology.backend, topology.master_addr, topology.master_port,
+            topology.launcher,
+        )
         yield
         finished = True
     finally:
         dist.destroy_process_group()
         if finished:
             _check_out(store, topology)
+
+
+def _check_in(store: dist.Store, topology: Topology, timeout_seconds: float) -> None:
+    """Return only once every rank has formed its side of the group.
+
+    ``init_process_group`` returns on a rank as soon as *its* connections are up, while a peer
+    may still be inside its own (gloo's connectFullMesh reads the handshake of every pair). A
+    rank that went on and left at once would close its end of a pair that peer has not finished
+    reading, and the peer's join fails with "Connection closed by peer"; if that peer hosts the
+    store, its exit then fails every other rank's next store call ("Failed to recv, got 0
+    bytes"). So no rank goes on until all have checked in; the last one to arrive says so.
+    """
+    if store.add("checked-in", 1) == topology.world_size:
+        store.set("all-checked-in", b"1")
+    try:
+        store.wait(["all-checked-in"], timedelta(seconds=timeout_seconds))
+    except (RuntimeError, ValueError) as exc:
+        try:
+            joined = f"only {store.add('checked-in', 0)} of {topology.world_size}"
+        except (RuntimeError, ValueError):
+            joined = f"not all {topology.world_size}"  # the store itself is gone
+        raise StrataError(
+            f"rank {topology.rank} joined the process group but {joined} ranks did within {timeout_seconds:g}s: "
+            f"{exc}. Check the other ranks' logs"
+        ) from exc
 
 
 def _check_out(store: dist.Store, topology: Topology, wait_seconds: float = 30.0) -> None:
