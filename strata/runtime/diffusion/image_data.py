@@ -3,14 +3,14 @@ read a batch at a time.
 
 Digits- and CIFAR-size sets fit in memory and train fastest there. A set larger than memory is
 opened with ``in_memory=False``: the images stay in the store and each batch reads only the
-chunks that hold its rows, through a bounded cache of decoded chunks (:class:`StoredImages`).
+chunks that hold its rows, through the store's row reader with a bounded cache of decoded
+chunks (:class:`StoredImages`).
 Either way ``data.images[index]`` gives the same float32 rows, so the training loop does not
 know which it has.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,58 +19,37 @@ from torch import Tensor
 
 from strata.errors import StoreError
 from strata.storage.layout import IMAGE_LABEL, IMAGES
+from strata.storage.rows import ChunkedRows
 from strata.storage.store import DatasetStore
 
 
 class StoredImages:
     """The images of a store, read by row index on demand; indexes like an (N, C, H, W) tensor.
 
-    ``images[index]`` groups the rows by chunk, decodes each chunk it needs once and keeps the
-    most recently used chunks within ``cache_bytes`` (a chunk larger than the budget is read and
-    dropped). A corrupt chunk is a StoreError naming the rows, at the batch that reads it.
+    ``images[index]`` reads through the store's row reader (:class:`strata.storage.rows.ChunkedRows`):
+    only the chunks that hold the rows, runs of neighbouring chunks in one read, the most recently
+    used chunks kept within ``cache_bytes``. A corrupt chunk is a StoreError naming the rows, at
+    the batch that reads it.
     """
 
     def __init__(self, store: DatasetStore, *, cache_bytes: int) -> None:
-        array = store.array(IMAGES)
-        self.store = store
-        self.shape = torch.Size(array.shape)
-        self.chunk_rows = int(array.chunks[0])
-        self.cache_bytes = cache_bytes
-        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
-        self._cached_bytes = 0
-        self.chunks_read = 0
-        """Chunks decoded so far (cache misses), for tests and benchmarks."""
+        self.rows = ChunkedRows(store, IMAGES, cache_bytes=cache_bytes)
+        self.shape = torch.Size(self.rows.shape)
 
     def __len__(self) -> int:
         return self.shape[0]
 
-    def _chunk(self, chunk: int) -> np.ndarray:
-        block = self._cache.get(chunk)
-        if block is not None:
-            self._cache.move_to_end(chunk)
-            return block
-        start = chunk * self.chunk_rows
-        block = self.store.read(IMAGES, start, min(start + self.chunk_rows, len(self)))
-        self.chunks_read += 1
-        if block.nbytes <= self.cache_bytes:
-            self._cache[chunk] = block
-            self._cached_bytes += block.nbytes
-            while self._cached_bytes > self.cache_bytes:
-                _, evicted = self._cache.popitem(last=False)
-                self._cached_bytes -= evicted.nbytes
-        return block
+    @property
+    def chunks_read(self) -> int:
+        """Chunks decoded so far (cache misses), for tests and benchmarks."""
+        return self.rows.chunks_read
 
     def __getitem__(self, index: Tensor | np.ndarray | list[int]) -> Tensor:
         """float32 (len(index), C, H, W): the rows ``index`` in the order given."""
         rows = np.asarray(index, dtype=np.int64).reshape(-1)
         if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
             raise IndexError(f"image ids must be in [0, {len(self)}), got {rows.min()}..{rows.max()}")
-        out = np.empty((len(rows), *self.shape[1:]), dtype=np.float32)
-        chunk_of = rows // self.chunk_rows
-        for chunk in np.unique(chunk_of):
-            picked = np.flatnonzero(chunk_of == chunk)
-            out[picked] = self._chunk(int(chunk))[rows[picked] - chunk * self.chunk_rows]
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.rows.gather(rows)[0])
 
 
 @dataclass

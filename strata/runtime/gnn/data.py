@@ -11,6 +11,7 @@ from torch import Tensor
 from strata._dgl import dgl
 from strata.runtime.config import DataConfig
 from strata.storage import layout
+from strata.storage.rows import normalize_rows
 from strata.storage.store import DatasetStore
 
 
@@ -44,7 +45,7 @@ def load_node_data(cfg: DataConfig, *, self_loops: bool, load_features: bool = T
     if load_features:
         feat = torch.from_numpy(store.features())
         if cfg.normalize_features:
-            feat = feat / feat.sum(1, keepdim=True).clamp(min=1e-12)
+            feat = normalize_rows(feat)
     else:
         feat = spilled_features(store, normalize=cfg.normalize_features)
     return NodeData(
@@ -71,7 +72,7 @@ def spilled_features(store: DatasetStore, *, normalize: bool = False) -> Tensor:
         for _, block in store.iter_blocks(layout.FEAT):
             block = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
             if normalize:
-                block = block / block.sum(1, keepdim=True).clamp(min=1e-12)
+                block = normalize_rows(block)
             spill.write(block.numpy().tobytes())
         spill.flush()
         feat = np.memmap(spill.name, dtype=np.float32, mode="c", shape=(rows, dim))

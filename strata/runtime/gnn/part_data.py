@@ -28,7 +28,7 @@ from strata.runtime.dist.comm import Comm
 from strata.runtime.gnn.data import NodeData
 from strata.runtime.gnn.executors.partition import LocalPartition, from_stored_part
 from strata.storage import layout
-from strata.storage.featstore.rows import ChunkedRows
+from strata.storage.rows import ChunkedRows, normalize_rows
 from strata.storage.store import DatasetStore
 
 SPLITS = ("train", "valid", "test")
@@ -118,7 +118,7 @@ def load_part(
     # Owned ids are sorted: only the chunks that hold them are read.
     feat = torch.from_numpy(ChunkedRows(store, layout.FEAT, max_read_bytes=read_bytes).gather_sorted(part.owned))
     if data_cfg.normalize_features:
-        feat = feat / feat.sum(1, keepdim=True).clamp(min=1e-12)
+        feat = normalize_rows(feat)
     in_deg, out_deg = graph_degrees(store, self_loops=self_loops)
     splits = {name: store.split(name) for name in SPLITS}
     return part, PartData(

@@ -34,7 +34,6 @@ from strata.storage.featstore import format as fmt
 from strata.storage.featstore.caches import FeatureCounters, NodeCache, is_member
 from strata.storage.featstore.config import FeaturesConfig
 from strata.storage.featstore.reader import PackReader
-from strata.storage.featstore.rows import ChunkedRows
 from strata.storage.featstore.sampling import (
     EpochPlan,
     NeighbourSampler,
@@ -43,6 +42,7 @@ from strata.storage.featstore.sampling import (
 )
 from strata.storage.featstore.tiered import TieredFeatures
 from strata.storage.featstore.writer import default_pack_dir
+from strata.storage.rows import ChunkedRows, normalize_rows
 from strata.storage.store import DatasetStore
 
 
@@ -65,11 +65,6 @@ class FeatureLoader(Protocol):
     def load(self, epoch: int, step: int) -> LoadedStep: ...
 
     def close(self) -> None: ...
-
-
-def _normalize(x: Tensor) -> Tensor:
-    # The same expression as strata.runtime.gnn.data applies to the whole matrix; per row, equal.
-    return x / x.sum(1, keepdim=True).clamp(min=1e-12)
 
 
 def _caches(ids: np.ndarray, rows: np.ndarray, device_ids: np.ndarray, device: torch.device) -> tuple[NodeCache, NodeCache]:
@@ -136,7 +131,7 @@ class PackedLoader:
                 "re-run 'strata pack --overwrite'"
             )
         x = self.tiers.assemble_ranked(record.input_nodes, ranks, segment)
-        return LoadedStep(record.to_blocks(), _normalize(x) if self.normalize else x, record.output_nodes)
+        return LoadedStep(record.to_blocks(), normalize_rows(x) if self.normalize else x, record.output_nodes)
 
     def close(self) -> None:
         self.reader.close()
@@ -190,7 +185,7 @@ class CachedLoader:
             order = self._order[1]
         sampled = sample_step(self.sampler, self.plan, order, epoch, step)
         x = self.tiers.assemble(sampled.input_nodes)
-        return LoadedStep(sampled.to_blocks(), _normalize(x) if self.normalize else x, sampled.output_nodes)
+        return LoadedStep(sampled.to_blocks(), normalize_rows(x) if self.normalize else x, sampled.output_nodes)
 
     def close(self) -> None:
         pass

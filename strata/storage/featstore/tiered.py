@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from strata.storage.featstore.caches import FeatureCounters, NodeCache
-from strata.storage.featstore.rows import ChunkedRows
+from strata.storage.rows import ChunkedRows
 
 
 class TieredFeatures:

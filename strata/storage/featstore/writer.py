@@ -28,7 +28,6 @@ from strata.graph.csc import with_self_loops
 from strata.storage import fs
 from strata.storage.featstore import format as fmt
 from strata.storage.featstore.config import FeaturesConfig
-from strata.storage.featstore.rows import ChunkedRows
 from strata.storage.featstore.sampling import (
     EpochPlan,
     NeighbourSampler,
@@ -36,6 +35,7 @@ from strata.storage.featstore.sampling import (
     SamplerConfig,
     sample_step,
 )
+from strata.storage.rows import ChunkedRows
 from strata.storage.store import DatasetStore
 
 log = logging.getLogger(__name__)
