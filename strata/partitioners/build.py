@@ -26,7 +26,7 @@ from strata.partitioners.format import (
 )
 from strata.partitioners.graph import StoreGraph
 from strata.partitioners.halo import upstream_halo
-from strata.partitioners.report import Balance, QualityReport, peak_rss_bytes
+from strata.partitioners.report import Balance, PartitionReport, peak_rss_bytes
 from strata.storage.store import DatasetStore
 
 
@@ -42,7 +42,7 @@ def build(
     assign_seconds: float = 0.0,
     config: dict[str, Any] | None = None,
     progress: bool = False,
-) -> QualityReport:
+) -> PartitionReport:
     """Write partition ``name`` of ``store`` from ``assignment`` and return its quality report.
 
     ``num_parts`` defaults to ``assignment.max() + 1``; pass it when a part may be empty.
@@ -120,13 +120,13 @@ def _checked_assignment(assignment: Any, n: int, num_parts: int | None, where: s
 
 def _report(
     graph: StoreGraph, info: PartitionInfo, assignment: np.ndarray, indptr: np.ndarray, indices: np.ndarray, halo_sizes: list[int]
-) -> QualityReport:
+) -> PartitionReport:
     k, n, m = info.num_parts, info.num_nodes, info.num_edges
     degree = np.diff(indptr)
     cut = int(np.count_nonzero(assignment[indices] != np.repeat(assignment, degree)))
     train = graph.train_ids()
     volume = int(sum(halo_sizes))
-    return QualityReport(
+    return PartitionReport(
         name=info.name,
         method=info.method,
         num_parts=k,
@@ -144,7 +144,7 @@ def _report(
     )
 
 
-def partition_store(store: DatasetStore | str, cfg: PartitionConfig, progress: bool = False) -> QualityReport:
+def partition_store(store: DatasetStore | str, cfg: PartitionConfig, progress: bool = False) -> PartitionReport:
     """Assign with ``cfg.method`` and build partition ``cfg.partition_name``: what ``strata partition`` runs."""
     store = store if isinstance(store, DatasetStore) else DatasetStore.open(store)
     graph = StoreGraph(store)

@@ -7,7 +7,7 @@ Partitions live inside the dataset store they cut::
                               halo_hops, num_nodes, num_edges and the checksum of the store's
                               graph/indices. A partition without it is never read.
       assignment.npy          int32 (N,)        part id of every node
-      report.json             the quality report (strata.partitioners.report.QualityReport)
+      report.json             the quality report (strata.partitioners.report.PartitionReport)
       part-<k>/               k = 0 .. num_parts - 1
         meta.json             {"num_owned": n_o, "halo_per_hop": [n_1, ..., n_h], "num_edges": E_k}
         local_to_global.npy   int64 (n_local,)     local id -> global id: the n_o owned nodes
@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from strata.errors import PartitionError
-from strata.partitioners.report import QualityReport
+from strata.partitioners.report import PartitionReport
 from strata.storage import fs, layout
 from strata.storage.store import DatasetStore
 
@@ -193,8 +193,8 @@ class PartitionSet:
     def assignment(self) -> np.ndarray:
         return _load(fs.join(self.url, "assignment.npy"))
 
-    def report(self) -> QualityReport:
-        return QualityReport.from_json(fs.read_text(fs.join(self.url, "report.json")))
+    def report(self) -> PartitionReport:
+        return PartitionReport.from_json(fs.read_text(fs.join(self.url, "report.json")))
 
     def part(self, k: int) -> Partition:
         if not 0 <= k < self.num_parts:

@@ -45,7 +45,7 @@ class Balance:
 
 
 @dataclass
-class QualityReport:
+class PartitionReport:
     """What ``strata partition`` prints and stores as ``report.json`` beside the parts."""
 
     name: str
@@ -77,7 +77,7 @@ class QualityReport:
         return json.dumps(dataclasses.asdict(self), indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> QualityReport:
+    def from_json(cls, text: str) -> PartitionReport:
         raw = json.loads(text)
         for key in ("nodes", "edges", "train_nodes"):
             raw[key] = Balance(**raw[key])

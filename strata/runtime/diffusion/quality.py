@@ -94,7 +94,7 @@ class ClassifierInfo:
 
 
 @dataclass
-class QualityReport:
+class SampleQualityReport:
     """Quality of a batch of class-conditional samples."""
 
     match_rate: float
@@ -371,7 +371,7 @@ def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
 
 def quality_report(
     classifier: ImageClassifier, generated: Tensor, requested_labels: Tensor | np.ndarray, reference_images: Tensor
-) -> QualityReport:
+) -> SampleQualityReport:
     """Match rate of ``generated`` against the classes they were asked for, and the Frechet
     distance between their features and those of ``reference_images`` (e.g. the store's)."""
     features = classifier_features(classifier, generated)  # (n, feature_dim)
@@ -380,7 +380,7 @@ def quality_report(
         raise ValueError(f"{len(requested)} requested labels for {len(generated)} generated images; give one per image")
     with torch.no_grad():
         predicted = classifier.head(features.to(next(classifier.parameters()).device)).argmax(dim=1).cpu()
-    return QualityReport(
+    return SampleQualityReport(
         match_rate=float((predicted == requested).double().mean()),
         fid=frechet_distance(features, classifier_features(classifier, reference_images)),
         n=len(generated),
