@@ -24,8 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="draw samples from a trained diffusion model or expert set into a PNG grid",
         description="Draw class-conditional samples (one grid row per class) from the EMA weights of a diffusion "
         "model's newest complete checkpoint, or from a set of decentralized experts behind their router, and "
-        "write them as a PNG grid. SOURCE is a run directory (its checkpoints/ or experts/manifest.json), a "
-        "checkpoint folder, or an expert set's manifest.json.",
+        "write them as a PNG grid. SOURCE is the run directory of a diffusion job (task: diffusion; its "
+        "checkpoints/ or experts/manifest.json), a checkpoint folder, or an expert set's manifest.json; runs of "
+        "GNNs (node classification) have nothing to sample.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -56,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from strata.errors import ConfigError
     from strata.launch.progress import show_progress
     from strata.runtime.diffusion.generate import SampleConfig, sample
 
@@ -68,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
         from strata.launch.job import load_job
 
         job = load_job(args.config)
+        if job.task != "diffusion":
+            raise ConfigError(
+                f"config '{args.config}' is a {job.task} job (a GNN); 'strata sample' draws images from diffusion "
+                "runs (task: diffusion) and expert sets, and --config is only for diffusion checkpoints that do not "
+                "record their model"
+            )
         model_cfg, noise_cfg = job.diffusion_model, job.noise
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     result = sample(

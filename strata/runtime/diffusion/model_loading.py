@@ -90,10 +90,14 @@ class ExpertSetManifest:
         return json.dumps(asdict(self), indent=1, sort_keys=True)
 
     def identity(self) -> dict[str, Any]:
-        """What two jobs training parts of one set must agree on."""
+        """What two jobs training parts of one set must agree on, the model and noise configs
+        key by key (``diffusion_model.hidden``), so a refusal names only the keys that differ."""
         keep = ("num_experts", "image_shape", "num_classes", "store_checksum", "clusters", "experts", "router",
-                "router_num_clusters", "router_hidden", "router_num_classes", "diffusion_model", "noise")
-        return {key: getattr(self, key) for key in keep}
+                "router_num_clusters", "router_hidden", "router_num_classes")
+        out = {key: getattr(self, key) for key in keep}
+        for section in ("diffusion_model", "noise"):
+            out.update({f"{section}.{key}": value for key, value in getattr(self, section).items()})
+        return out
 
 
 def write_manifest(url: str, manifest: ExpertSetManifest) -> None:
@@ -159,6 +163,8 @@ def load_ema_model(
     step = checkpoint.latest_step(root)
     if step is None:
         raise CheckpointError(f"no complete checkpoint under '{root}'; train first, or point at a run directory that has one")
+    if "ema" not in shards[0]:
+        raise CheckpointError(not_a_diffusion_checkpoint(root, step, shards[0]))
     marker = checkpoint.read_marker(root, step)
     shards = [checkpoint.read_shard(root, step, 0)]
     card = shards[0].get("config")
@@ -190,6 +196,17 @@ def load_ema_model(
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint step {step} under '{root}' does not fit its model config: {exc}") from exc
     return LoadedModel(model.to(device).eval(), model_cfg, noise_cfg, step, root)
+def not_a_diffusion_checkpoint(root: str, step: int, shard: dict[str, Any]) -> str:
+    """Why a checkpoint without EMA weights cannot be sampled from: most often it is a GNN's."""
+    sampled = "'strata sample' draws images from diffusion runs (task: diffusion) and expert sets"
+    if "best_model" in shard or "job" in shard:
+        return (
+            f"checkpoint step {step} under '{root}' is from a node-classification (GNN) run, not a diffusion model: "
+            f"{sampled}. A GNN run's accuracy is printed by 'strata train' and logged in its metrics.jsonl"
+        )
+    return f"checkpoint step {step} under '{root}' holds no diffusion model (no EMA weights): {sampled}"
+
+
 
 
 def load_router(root: str, *, device: str = "cpu") -> tuple[Router, int]:
