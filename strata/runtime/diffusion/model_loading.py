@@ -163,10 +163,10 @@ def load_ema_model(
     step = checkpoint.latest_step(root)
     if step is None:
         raise CheckpointError(f"no complete checkpoint under '{root}'; train first, or point at a run directory that has one")
-    if "ema" not in shards[0]:
-        raise CheckpointError(not_a_diffusion_checkpoint(root, step, shards[0]))
     marker = checkpoint.read_marker(root, step)
     shards = [checkpoint.read_shard(root, step, 0)]
+    if "ema" not in shards[0]:
+        raise CheckpointError(not_a_diffusion_checkpoint(root, step, shards[0]))
     card = shards[0].get("config")
     if card is not None:
         model_cfg, noise_cfg = configs_from(card, f"checkpoint step {step} under '{root}'")
@@ -196,6 +196,8 @@ def load_ema_model(
     except RuntimeError as exc:
         raise CheckpointError(f"checkpoint step {step} under '{root}' does not fit its model config: {exc}") from exc
     return LoadedModel(model.to(device).eval(), model_cfg, noise_cfg, step, root)
+
+
 def not_a_diffusion_checkpoint(root: str, step: int, shard: dict[str, Any]) -> str:
     """Why a checkpoint without EMA weights cannot be sampled from: most often it is a GNN's."""
     sampled = "'strata sample' draws images from diffusion runs (task: diffusion) and expert sets"
@@ -205,8 +207,6 @@ def not_a_diffusion_checkpoint(root: str, step: int, shard: dict[str, Any]) -> s
             f"{sampled}. A GNN run's accuracy is printed by 'strata train' and logged in its metrics.jsonl"
         )
     return f"checkpoint step {step} under '{root}' holds no diffusion model (no EMA weights): {sampled}"
-
-
 
 
 def load_router(root: str, *, device: str = "cpu") -> tuple[Router, int]:
