@@ -40,6 +40,7 @@ import numpy as np
 from strata.errors import PartitionError
 from strata.partitioners.report import PartitionReport
 from strata.storage import fs, layout
+from strata.storage.markers import StagedDir, marker_fields, read_marker, seal
 from strata.storage.store import DatasetStore
 
 FORMAT_VERSION = 1
@@ -129,25 +130,14 @@ class Partition:
         return np.where(keys[pos] == ids, order[pos], -1)
 
 
-class PartitionWriter:
+class PartitionWriter(StagedDir):
     """Writes a partition into a hidden sibling and moves it into place on ``commit``."""
 
     def __init__(self, store: DatasetStore, info: PartitionInfo, overwrite: bool) -> None:
-        self.url = partition_url(store.url, info.name)
+        super().__init__(partition_url(store.url, info.name))
         check_free(store.url, info.name, overwrite)
         self.info = info
-        self.tmp = fs.sibling_temp(self.url)
         fs.makedirs(self.tmp)
-
-    def __enter__(self) -> PartitionWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            self.abort()
-
-    def abort(self) -> None:
-        fs.remove(self.tmp)
 
     def write_part(self, part: Partition) -> None:
         root = fs.join(self.tmp, f"part-{part.part_id}")
@@ -160,14 +150,10 @@ class PartitionWriter:
         _save(fs.join(root, "boundary.npy"), part.boundary.astype(bool, copy=False))
 
     def commit(self, assignment: np.ndarray, report_json: str) -> None:
-        try:
+        with self:  # a failure removes the partial partition
             _save(fs.join(self.tmp, "assignment.npy"), assignment.astype(np.int32, copy=False))
             fs.write_text(fs.join(self.tmp, "report.json"), report_json)
-            fs.write_text(fs.join(self.tmp, MARKER), self.info.to_json())
-            fs.replace_atomically(self.tmp, self.url)
-        except BaseException:
-            self.abort()
-            raise
+            seal(self.tmp, self.url, MARKER, self.info.to_json())
 
 
 def check_free(store_url: str, name: str, overwrite: bool) -> None:
@@ -226,18 +212,17 @@ def open_partition(store: DatasetStore | str, name: str) -> PartitionSet:
             f"store '{store.url}' has no partition '{name}' (it has: {', '.join(known) or 'none'}); "
             f"create it with 'strata partition {store.url} --name {name}'"
         )
-    marker = fs.join(url, MARKER)
-    if not fs.exists(marker):
+    text = read_marker(fs.join(url, MARKER))
+    if text is None:
         raise PartitionError(
             f"partition '{name}' in store '{store.url}' has no completion marker: it was not fully written; "
             f"re-run 'strata partition {store.url} --name {name} --overwrite'"
         )
-    try:
-        raw = json.loads(fs.read_text(marker))
-        known_fields = {f.name for f in dataclasses.fields(PartitionInfo)}
-        info = PartitionInfo(**{k: v for k, v in raw.items() if k in known_fields})
-    except (ValueError, TypeError) as exc:
-        raise PartitionError(f"partition '{name}' in store '{store.url}': its completion marker is not valid ({exc})") from exc
+    info = marker_fields(
+        PartitionInfo,
+        text,
+        lambda exc: PartitionError(f"partition '{name}' in store '{store.url}': its completion marker is not valid ({exc})"),
+    )
     if info.format_version > FORMAT_VERSION:
         raise PartitionError(
             f"partition '{name}' has format version {info.format_version}; this strata reads up to {FORMAT_VERSION}: upgrade strata"

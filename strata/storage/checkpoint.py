@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from strata.errors import CheckpointError
-from strata.storage import fs
+from strata.storage import fs, markers
 
 _MARKER = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
@@ -58,9 +58,8 @@ def commit(root: str, step: int, world_size: int, extra: dict[str, Any] | None =
     if missing:
         raise CheckpointError(f"checkpoint step {step} under '{root}' lacks {', '.join(missing)}; not committing it")
     marker = {"step": step, "world_size": world_size, "shards": shards, **(extra or {})}
-    fs.write_text(fs.join(partial, _MARKER), json.dumps(marker, indent=1))
     final = step_dir(root, step)
-    fs.replace_atomically(partial, final)
+    markers.seal(partial, final, _MARKER, json.dumps(marker, indent=1))
     if keep > 0:
         for old in complete_steps(root)[:-keep]:
             fs.remove(step_dir(root, old))
@@ -84,10 +83,10 @@ def latest_step(root: str) -> int | None:
 
 
 def read_marker(root: str, step: int) -> dict[str, Any]:
-    url = fs.join(step_dir(root, step), _MARKER)
-    if not fs.exists(url):
+    text = markers.read_marker(fs.join(step_dir(root, step), _MARKER))
+    if text is None:
         raise CheckpointError(f"checkpoint '{step_dir(root, step)}' is not complete (no {_MARKER} marker)")
-    return json.loads(fs.read_text(url))
+    return json.loads(text)
 
 
 def read_shard(root: str, step: int, rank: int) -> dict[str, Any]:

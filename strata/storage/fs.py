@@ -109,6 +109,14 @@ def replace_atomically(tmp: str, dst: str) -> None:
         remove(old)
 
 
+def write_atomically(url: str, data: bytes | str) -> None:
+    """Write one file through a fresh sibling moved into place: a reader sees the old content or
+    the new, never part of it."""
+    tmp = sibling_temp(url)
+    write_bytes(tmp, data.encode("utf-8") if isinstance(data, str) else data)
+    replace_atomically(tmp, url)
+
+
 def zarr_store(url: str, mode: str = "r") -> Any:
     """A zarr v3 store for ``url``: LocalStore for plain paths, FsspecStore otherwise.
 

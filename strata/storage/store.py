@@ -20,6 +20,7 @@ import zarr
 
 from strata.errors import StoreError
 from strata.storage import fs, layout
+from strata.storage.markers import StagedDir, marker_fields, read_marker, seal
 
 _INDEX_DTYPE = np.dtype("int64")
 _FEAT_DTYPE = np.dtype("float32")
@@ -46,12 +47,7 @@ class DatasetMeta:
 
     @classmethod
     def from_json(cls, text: str, where: str) -> DatasetMeta:
-        try:
-            raw = json.loads(text)
-            known = {f.name for f in dataclasses.fields(cls)}
-            return cls(**{k: v for k, v in raw.items() if k in known})
-        except (ValueError, TypeError) as exc:
-            raise StoreError(f"store '{where}': its completion marker is not valid JSON ({exc})") from exc
+        return marker_fields(cls, text, lambda exc: StoreError(f"store '{where}': its completion marker is not valid JSON ({exc})"))
 
 
 class _Checksum:
@@ -103,8 +99,8 @@ class ArrayAppender:
         }
 
 
-class DatasetWriter:
-    """Builds a store in a temporary sibling of ``url`` and moves it into place on ``commit``.
+class DatasetWriter(StagedDir):
+    """Builds a store in a hidden sibling of ``url`` and moves it into place on ``commit``.
 
     Use as a context manager: leaving the block with an exception removes the partial store
     and leaves whatever was at ``url`` untouched.
@@ -120,27 +116,16 @@ class DatasetWriter:
         allow_nan: bool = False,
         source: str = "",
     ) -> None:
-        self.url = str(url).rstrip("/")
+        super().__init__(url)
         if fs.exists(self.url) and not overwrite:
             raise StoreError(f"'{self.url}' already exists; pass --overwrite to replace it")
         if num_nodes < 1:
             raise StoreError(f"a dataset needs at least one node, got num_nodes={num_nodes}")
         self.meta = DatasetMeta(name=name, num_nodes=int(num_nodes), source=source)
         self.allow_nan = allow_nan
-        self.tmp = fs.sibling_temp(self.url)
         self.group = zarr.open_group(fs.zarr_store(self.tmp, "w"), mode="w")
         self._appenders: dict[str, ArrayAppender] = {}
         self._last_indptr: int | None = None
-
-    def __enter__(self) -> DatasetWriter:
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
-            self.abort()
-
-    def abort(self) -> None:
-        fs.remove(self.tmp)
 
     # -- arrays ----------------------------------------------------------------------------
 
@@ -204,7 +189,7 @@ class DatasetWriter:
 
     def commit(self, **extra: Any) -> DatasetMeta:
         """Check the arrays agree with each other, write the marker and move the store into place."""
-        try:
+        with self:  # a failure removes the partial store
             self._validate_shapes()
             meta = self.meta
             meta.arrays = {key: app.summary() for key, app in sorted(self._appenders.items())}
@@ -221,12 +206,8 @@ class DatasetWriter:
                     meta.extra[key] = value
             meta.created = time.time()
             self.group.attrs["strata"] = json.loads(meta.to_json())
-            fs.write_text(fs.join(self.tmp, layout.MARKER), meta.to_json())
-            fs.replace_atomically(self.tmp, self.url)
+            seal(self.tmp, self.url, layout.MARKER, meta.to_json())
             return meta
-        except BaseException:
-            self.abort()
-            raise
 
     def _validate_shapes(self) -> None:
         n = self.meta.num_nodes
@@ -257,12 +238,12 @@ class DatasetStore:
         url = str(url).rstrip("/")
         if not fs.exists(url):
             raise StoreError(f"no dataset store at '{url}': the path does not exist; create one with 'strata ingest'")
-        marker = fs.join(url, layout.MARKER)
-        if not fs.exists(marker):
+        text = read_marker(fs.join(url, layout.MARKER))
+        if text is None:
             raise StoreError(
                 f"store '{url}' has no completion marker: it was not fully written; re-run 'strata ingest'"
             )
-        meta = DatasetMeta.from_json(fs.read_text(marker), url)
+        meta = DatasetMeta.from_json(text, url)
         if meta.schema_version > layout.SCHEMA_VERSION:
             raise StoreError(
                 f"store '{url}' has schema version {meta.schema_version}; this strata reads up to "

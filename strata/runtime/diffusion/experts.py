@@ -155,9 +155,7 @@ def read_clusters(url: str) -> tuple[np.ndarray, dict]:
 def write_clusters(url: str, labels: np.ndarray, centroids: np.ndarray, meta: dict) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, labels=labels.astype(np.int32), centroids=centroids.astype(np.float32), meta=np.array(json.dumps(meta)))
-    tmp = fs.sibling_temp(url)
-    fs.write_bytes(tmp, buffer.getvalue())
-    fs.replace_atomically(tmp, url)
+    fs.write_atomically(url, buffer.getvalue())
 
 
 def cluster_labels(store_url: str, cfg: ExpertsConfig, url: str, *, progress: bool = False) -> np.ndarray:

@@ -102,9 +102,7 @@ class ExpertSetManifest:
 
 def write_manifest(url: str, manifest: ExpertSetManifest) -> None:
     """Write ``manifest`` to ``url`` atomically: a reader sees the old file or the new one."""
-    tmp = fs.sibling_temp(url)
-    fs.write_text(tmp, manifest.to_json())
-    fs.replace_atomically(tmp, url)
+    fs.write_atomically(url, manifest.to_json())
 
 
 def read_manifest(url: str) -> ExpertSetManifest:

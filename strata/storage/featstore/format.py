@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from strata.errors import PackError
-from strata.storage import fs, layout
+from strata.storage import layout
 from strata.storage.featstore.sampling import (
     SAMPLER_VERSION,
     BlockCSC,
@@ -59,6 +59,7 @@ from strata.storage.featstore.sampling import (
     SamplerConfig,
     train_ids_checksum,
 )
+from strata.storage.markers import marker_fields
 from strata.storage.store import DatasetStore
 
 FORMAT_VERSION = 1
@@ -191,12 +192,9 @@ class PackManifest:
 
     @classmethod
     def from_json(cls, text: str, where: str) -> PackManifest:
-        try:
-            raw = json.loads(text)
-            known = {f.name for f in dataclasses.fields(cls)}
-            manifest = cls(**{k: v for k, v in raw.items() if k in known})
-        except (ValueError, TypeError) as exc:
-            raise PackError(f"pack '{where}': manifest.json is not a valid pack manifest ({exc}); re-run 'strata pack'") from exc
+        manifest = marker_fields(
+            cls, text, lambda exc: PackError(f"pack '{where}': manifest.json is not a valid pack manifest ({exc}); re-run 'strata pack'")
+        )
         if manifest.format_version > FORMAT_VERSION:
             raise PackError(
                 f"pack '{where}' has format version {manifest.format_version}; this strata reads up to {FORMAT_VERSION}: upgrade strata"
@@ -261,10 +259,6 @@ class GroupIndex:
 
     def file_bytes(self) -> int:
         return max((e.offset + e.length for e in self.entries), default=0)
-
-
-def read_json_marker(url: str) -> str | None:
-    return fs.read_text(url) if fs.exists(url) else None
 
 
 # -- block records ---------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from strata.storage import fs
 from strata.storage.featstore import format as fmt
 from strata.storage.featstore.caches import FeatureCounters
 from strata.storage.featstore.sampling import SampledBatch
+from strata.storage.markers import read_marker
 
 
 def is_local(url: str) -> bool:
@@ -160,7 +161,7 @@ class PackReader:
                 "Re-run 'strata pack' with this run's store, fanouts, batch size, seed and epochs, "
                 "or point features.pack_dir at the pack made for it"
             )
-        done = fmt.read_json_marker(fs.join(url, fmt.PACK_MARKER))
+        done = read_marker(fs.join(url, fmt.PACK_MARKER))
         if done is None:
             raise PackError(
                 f"pack '{url}' is incomplete (no {fmt.PACK_MARKER}): its packing was interrupted; "
@@ -201,7 +202,7 @@ class PackReader:
         return np.frombuffer(data, dtype=self.dtype, count=count * self.manifest.feat_dim).reshape(count, self.manifest.feat_dim)
 
     def _hot_marker(self) -> dict[str, Any]:
-        text = fmt.read_json_marker(fs.join(self.url, fmt.HOT_MARKER))
+        text = read_marker(fs.join(self.url, fmt.HOT_MARKER))
         if text is None:
             raise PackError(f"pack '{self.url}' has no {fmt.HOT_MARKER}; it is incomplete; re-run 'strata pack'")
         return json.loads(text)
@@ -239,7 +240,7 @@ class PackReader:
         with self._lock:
             index = self._indexes.get((gdir, marker))
         if index is None:
-            text = fmt.read_json_marker(fs.join(self.url, gdir, marker))
+            text = read_marker(fs.join(self.url, gdir, marker))
             if text is None:
                 raise PackError(f"pack '{self.url}': group {gdir} has no {marker}; the pack is incomplete; re-run 'strata pack'")
             index = fmt.GroupIndex.from_json(text, f"{self.url}/{gdir}")

@@ -35,6 +35,7 @@ from strata.storage.featstore.sampling import (
     SamplerConfig,
     sample_step,
 )
+from strata.storage.markers import read_marker
 from strata.storage.rows import ChunkedRows
 from strata.storage.store import DatasetStore
 
@@ -115,7 +116,7 @@ class Packer:
 
     def run(self) -> PackResult:
         self._start()
-        done = fmt.read_json_marker(fs.join(self.url, fmt.PACK_MARKER))
+        done = read_marker(fs.join(self.url, fmt.PACK_MARKER))
         if done is not None:
             log.info("pack %s is already complete", self.url)
             groups = len(self._groups())
@@ -213,7 +214,7 @@ class Packer:
     def _read_records(self, epoch: int, group: int) -> list[SampledBatch] | None:
         """The block records of a finished group; None when the group must be (re)sampled."""
         gdir = fs.join(self.url, fmt.group_name(epoch, group))
-        text = fmt.read_json_marker(fs.join(gdir, fmt.BLOCKS_MARKER))
+        text = read_marker(fs.join(gdir, fmt.BLOCKS_MARKER))
         if text is None:
             return None
         index = fmt.GroupIndex.from_json(text, gdir)
@@ -239,7 +240,7 @@ class Packer:
         ranked = touched[np.lexsort((touched, -counts[touched]))]
         hot = ranked[:capacity].astype(np.int64)
         marker = fs.join(self.url, fmt.HOT_MARKER)
-        text = fmt.read_json_marker(marker)
+        text = read_marker(marker)
         if text is not None:
             if json.loads(text).get("ids_crc") != fmt.crc32(hot.astype("<i8").tobytes()):
                 raise PackError(
@@ -267,7 +268,7 @@ class Packer:
         packed = max_segment = resumed = 0
         for epoch, group in tqdm(self._groups(), desc="pack", unit="group", disable=not self.progress):
             gdir = fs.join(self.url, fmt.group_name(epoch, group))
-            done = fmt.read_json_marker(fs.join(gdir, fmt.FEAT_MARKER))
+            done = read_marker(fs.join(gdir, fmt.FEAT_MARKER))
             if done is not None:
                 index = fmt.GroupIndex.from_json(done, gdir)
                 fsys, path = fs.get_fs(fs.join(gdir, fmt.FEAT))

@@ -1,0 +1,69 @@
+"""Completion markers, and directories written in a hidden sibling and moved into place complete.
+
+Every directory strata writes for others to read (a dataset store, a partition, a checkpoint,
+a pack's pieces) says it is whole with a completion marker: a small JSON file written after
+everything it describes. A reader takes the directory only when its marker is there
+(:func:`read_marker`), and reads the marker's fields leniently, so a newer writer's extra
+fields do not break an older reader (:func:`marker_fields`). Stores and partitions go
+further: they are written under a hidden sibling of their final URL (:class:`StagedDir`) and
+moved into place only once sealed (:func:`seal`), so a crash leaves the final URL either
+absent or holding the previous complete directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any, Self, TypeVar
+
+from strata.storage import fs
+
+T = TypeVar("T")
+
+
+def read_marker(url: str) -> str | None:
+    """The text of the completion marker at ``url``, or None when there is none (the directory
+    it vouches for was not fully written)."""
+    return fs.read_text(url) if fs.exists(url) else None
+
+
+def marker_fields(cls: type[T], text: str, error: Callable[[Exception], Exception]) -> T:
+    """The dataclass ``cls`` from a marker's JSON ``text``, ignoring keys ``cls`` does not know
+    (a newer writer's); text that is not JSON, or lacks a field, raises ``error(exc)``."""
+    try:
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in raw.items() if k in known})
+    except (ValueError, TypeError) as exc:
+        raise error(exc) from exc
+
+
+def seal(tmp: str, url: str, marker: str, text: str) -> None:
+    """Write the completion marker ``marker`` into the finished directory ``tmp``, last, then
+    move the directory to ``url``; an old ``url`` is kept until the new one is in place."""
+    fs.write_text(fs.join(tmp, marker), text)
+    fs.replace_atomically(tmp, url)
+
+
+class StagedDir:
+    """A directory written under a hidden sibling of ``url`` (``self.tmp``) and moved into place
+    by :func:`seal` once complete.
+
+    Use as a context manager: leaving the block with an exception removes the partial
+    directory and leaves whatever was at ``url`` untouched.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = str(url).rstrip("/")
+        self.tmp = fs.sibling_temp(self.url)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def abort(self) -> None:
+        fs.remove(self.tmp)
