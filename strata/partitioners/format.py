@@ -29,7 +29,6 @@ and moved into place complete; the hidden names are never listed or read.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import json
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ import numpy as np
 from strata.errors import PartitionError
 from strata.partitioners.report import PartitionReport
 from strata.storage import fs, layout
-from strata.storage.markers import StagedDir, marker_fields, read_marker, seal
+from strata.storage.markers import StagedDir, marker_fields, marker_json, read_marker, seal
 from strata.storage.store import DatasetStore
 
 FORMAT_VERSION = 1
@@ -88,7 +87,7 @@ class PartitionInfo:
     config: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+        return marker_json(self)
 
 
 @dataclass

@@ -28,9 +28,15 @@ def read_marker(url: str) -> str | None:
     return fs.read_text(url) if fs.exists(url) else None
 
 
+def marker_json(fields: Any) -> str:
+    """The JSON text of the dataclass ``fields``, as every marker is written (keys sorted)."""
+    return json.dumps(dataclasses.asdict(fields), indent=1, sort_keys=True)
+
+
 def marker_fields(cls: type[T], text: str, error: Callable[[Exception], Exception]) -> T:
     """The dataclass ``cls`` from a marker's JSON ``text``, ignoring keys ``cls`` does not know
-    (a newer writer's); text that is not JSON, or lacks a field, raises ``error(exc)``."""
+    (a newer writer's): the reverse of :func:`marker_json`. Text that is not JSON, or lacks a
+    field, raises ``error(exc)``."""
     try:
         raw = json.loads(text)
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]

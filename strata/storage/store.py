@@ -7,7 +7,6 @@ absent or holding the previous complete store.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import time
@@ -20,7 +19,7 @@ import zarr
 
 from strata.errors import StoreError
 from strata.storage import fs, layout
-from strata.storage.markers import StagedDir, marker_fields, read_marker, seal
+from strata.storage.markers import StagedDir, marker_fields, marker_json, read_marker, seal
 
 _INDEX_DTYPE = np.dtype("int64")
 _FEAT_DTYPE = np.dtype("float32")
@@ -43,7 +42,7 @@ class DatasetMeta:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+        return marker_json(self)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> DatasetMeta:

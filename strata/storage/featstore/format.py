@@ -59,7 +59,7 @@ from strata.storage.featstore.sampling import (
     SamplerConfig,
     train_ids_checksum,
 )
-from strata.storage.markers import marker_fields
+from strata.storage.markers import marker_fields, marker_json
 from strata.storage.store import DatasetStore
 
 FORMAT_VERSION = 1
@@ -188,7 +188,7 @@ class PackManifest:
         return range(group * self.group_size, min((group + 1) * self.group_size, self.steps_per_epoch))
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+        return marker_json(self)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> PackManifest:
@@ -220,7 +220,7 @@ class PackSummary:
     pack_seconds: float
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+        return marker_json(self)
 
     @classmethod
     def from_json(cls, text: str, where: str) -> PackSummary:
