@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from strata.errors import ConfigError
+from strata.graph.csc import edge_dst
 from strata.partitioners.format import open_partition
 from strata.partitioners.graph import StoreGraph
 from strata.runtime.config import DataConfig
@@ -89,7 +90,7 @@ def graph_degrees(store: DatasetStore, *, self_loops: bool, chunk_edges: int = 1
     for chunk in graph.iter_chunks(chunk_edges):
         sources = chunk.indices
         if self_loops:
-            dst = chunk.start + np.repeat(np.arange(chunk.stop - chunk.start), np.diff(chunk.indptr))
+            dst = chunk.start + edge_dst(chunk.indptr)
             loop = sources == dst
             in_deg[chunk.start : chunk.stop] -= np.bincount(dst[loop] - chunk.start, minlength=chunk.stop - chunk.start)
             sources = sources[~loop]
