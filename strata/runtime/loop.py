@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from strata.errors import ConfigError, StrataError
 from strata.runtime import checkpointing
 from strata.runtime.config import PRECISIONS
 from strata.runtime.dist.comm import Comm
 from strata.runtime.metrics import TrainingMetrics
+from strata.runtime.progress import Progress, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -243,16 +243,16 @@ def run_loop(
         state = restore_checkpoint(job, cfg, comm) or state
     metrics.log("start", resumed_at=state.step, **(start_record or {}))
     total = _planned_steps(job, cfg)
-    bar = tqdm(total=total, initial=min(state.step, total), desc=cfg.desc, unit="step", disable=not cfg.progress,
-               dynamic_ncols=True)
+    # A bar on a terminal, else a line in the log every half minute (strata.runtime.progress).
+    bar = progress_bar(total=total, initial=min(state.step, total), desc=cfg.desc, unit="step", enabled=cfg.progress)
     try:
         while (cfg.epochs == 0 or state.epoch < cfg.epochs) and not _at_max(state, cfg):
             epoch_done = _run_epoch(job, state, cfg, comm, metrics, device, bar, on_step)
             if not epoch_done or cfg.epochs == 0:
                 break
             stop = job.end_epoch(state)
+            _show(bar, state)  # the finished epoch's mean loss beside its evaluation
             state.epoch, state.step_in_epoch, state.epoch_loss = state.epoch + 1, 0, 0.0
-            _show(bar, state)
             if stop:
                 break
         save_checkpoint(job, state, cfg, comm)
@@ -262,7 +262,7 @@ def run_loop(
 
 
 def _run_epoch(job: Job, state: LoopState, cfg: LoopConfig, comm: Comm, metrics: TrainingMetrics, device: str,
-               bar: tqdm, on_step: Callable[[LoopState], None] | None) -> bool:
+               bar: Progress, on_step: Callable[[LoopState], None] | None) -> bool:
     """The steps of ``state.epoch`` from ``state.step_in_epoch`` on; False when max_steps
     stopped it before its end."""
     steps = iter(job.steps(state.epoch, state.step_in_epoch))
@@ -335,7 +335,7 @@ def _planned_steps(job: Job, cfg: LoopConfig) -> int:
     return min(planned, cfg.max_steps) if cfg.max_steps else planned
 
 
-def _show(bar: tqdm, state: LoopState) -> None:
+def _show(bar: Progress, state: LoopState) -> None:
     """The progress bar's figures: this epoch's mean training loss (not one batch's) and the
     job's latest evaluation."""
     shown = {"epoch": state.epoch}
