@@ -1,12 +1,13 @@
 """Pipeline schedules as data: per stage, the ordered instructions of one training pass.
 
-A schedule is a pure function ``(stage, num_stages, num_chunks) -> list[Instruction]``; the
-layer-pipeline executor interprets the instructions, and :func:`simulate` runs all stages'
-lists against each other with no processes at all, so a schedule is checked before it runs:
+A schedule is a pure function ``(stage, num_stages, num_chunks) -> list[Instruction]``; one
+interpreter (:mod:`strata.runtime.pipeline.interpreter`) runs a stage's instructions for every
+pipeline, and :func:`simulate` runs all stages' lists against each other with no processes at
+all, so a schedule is checked before it runs:
 every chunk passes every stage forward, then backward, exactly once, and no stage waits for a
 message that is never sent.
 
-Sends do not block (the executor posts them asynchronously); receives block until the
+Sends do not block (the interpreter posts them asynchronously); receives block until the
 matching send has been posted. Under those rules:
 
 - ``gpipe``: fill and drain. All forwards, then all backwards in reverse chunk order; keeps
@@ -18,8 +19,8 @@ matching send has been posted. Under those rules:
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
