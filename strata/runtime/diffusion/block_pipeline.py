@@ -1,8 +1,9 @@
 """Pipeline parallelism over a diffusion model's blocks: each rank is a stage that owns a run of
 consecutive layers, and every global batch flows through the stages as micro-batches.
 
-The pipeline is the layer pipeline's: the same schedules (:mod:`pipeline_schedule`, GPipe
-or 1F1B, checked by its simulator) and the same cost-balanced cut of a layer list
+The pipeline is the layer pipeline's: the same schedules (:mod:`strata.runtime.pipeline.schedule`,
+GPipe or 1F1B, checked by its simulator), run by the same interpreter
+(:mod:`strata.runtime.pipeline.interpreter`), and the same cost-balanced cut of a layer list
 (:func:`strata.partitioners.stages.split_stages`); here a chunk is a micro-batch of images
 rather than a piece of a graph. What crosses a stage boundary is the tuple of tensors one
 layer hands the next (for a DiT, the tokens and the conditioning vector), in both directions.
@@ -15,8 +16,8 @@ batch; gradient clipping uses the norm over all stages.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -28,15 +29,8 @@ from strata.runtime.diffusion.config import OptimizerConfig
 from strata.runtime.diffusion.engines import DiffusionBatch, EngineContext
 from strata.runtime.dist.comm import Comm
 from strata.runtime.loop import ExecutorStats, StepOutput
-from strata.runtime.pipeline.schedule import (
-    SCHEDULES,
-    Backward,
-    Forward,
-    RecvActivation,
-    RecvGrad,
-    SendActivation,
-    SendGrad,
-)
+from strata.runtime.pipeline.interpreter import PipelineStats, interpret
+from strata.runtime.pipeline.schedule import SCHEDULES
 
 
 @dataclass(frozen=True)
@@ -49,17 +43,6 @@ class Slot:
     @property
     def differentiable(self) -> bool:
         return self.dtype.is_floating_point
-
-
-@dataclass
-class PipelineStats:
-    busy_seconds: float = 0.0
-    pass_seconds: float = 0.0
-    bubbles: list[float] = field(default_factory=list)
-
-    @property
-    def bubble_ratio(self) -> float:
-        return 1.0 - self.busy_seconds / self.pass_seconds if self.pass_seconds else 0.0
 
 
 def boundary_slots(layers: nn.ModuleList, example: tuple[Tensor, ...]) -> list[list[Slot]]:
@@ -139,62 +122,10 @@ class BlockPipelineEngine:
 
     def _run_pass(self, chunks: list[DiffusionBatch]) -> float:
         program = self.program_of(self.stage, self.num_stages, len(chunks))
-        inputs: dict[int, list[Tensor]] = {}
-        outputs: dict[int, object] = {}
-        grads: dict[int, list[Tensor]] = {}
-        pending: list[tuple[object, Tensor]] = []
-        loss_total, busy, started = 0.0, 0.0, time.perf_counter()
-        for op in program:
-            chunk = chunks[op.chunk]
-            rows = len(chunk)
-            if isinstance(op, RecvActivation):
-                received = [self.comm.recv(t, self.stage - 1) for t in self._empty(self.in_slots, rows)]
-                inputs[op.chunk] = [t.requires_grad_() if s.differentiable else t for t, s in zip(received, self.in_slots)]
-            elif isinstance(op, Forward):
-                t0 = time.perf_counter()
-                if self.first:
-                    state = (self.schedule.q_sample(chunk.x0, chunk.t, chunk.noise), chunk.t, chunk.y)
-                else:
-                    state = tuple(inputs[op.chunk])
-                state = run_layers(self.layers, state)
-                if self.last:
-                    loss = self.schedule.loss(state[0], self.schedule.target(chunk.x0, chunk.noise, chunk.t)) / len(chunks)
-                    loss_total += float(loss.detach())
-                    outputs[op.chunk] = loss
-                else:
-                    outputs[op.chunk] = state
-                busy += time.perf_counter() - t0
-            elif isinstance(op, SendActivation):
-                for t in outputs[op.chunk]:  # type: ignore[union-attr]
-                    message = t.detach().contiguous()
-                    pending.append((self.comm.isend(message, self.stage + 1), message))
-            elif isinstance(op, RecvGrad):
-                differentiable = [s for s in self.out_slots if s.differentiable]
-                grads[op.chunk] = [self.comm.recv(t, self.stage + 1) for t in self._empty(differentiable, rows)]
-            elif isinstance(op, Backward):
-                t0 = time.perf_counter()
-                out = outputs.pop(op.chunk)
-                if self.last:
-                    out.backward()  # type: ignore[union-attr]
-                else:
-                    pairs = [(t, g) for t, g in zip((t for t in out if t.dtype.is_floating_point), grads.pop(op.chunk))]  # type: ignore[union-attr]
-                    pairs = [(t, g) for t, g in pairs if t.requires_grad]
-                    if pairs:
-                        torch.autograd.backward([t for t, _ in pairs], [g for _, g in pairs])
-                busy += time.perf_counter() - t0
-            elif isinstance(op, SendGrad):
-                for t in inputs.pop(op.chunk):
-                    if not t.dtype.is_floating_point:
-                        continue
-                    message = torch.zeros_like(t) if t.grad is None else t.grad.contiguous()
-                    pending.append((self.comm.isend(message, self.stage - 1), message))
-            else:  # pragma: no cover - the schedule module defines no other instructions
-                raise TypeError(f"unknown pipeline instruction {op!r}")
-        for work, _ in pending:
-            work.wait()
-        self.last_pass.busy_seconds = busy
-        self.last_pass.pass_seconds = time.perf_counter() - started
-        return loss_total
+        prev_rank = None if self.first else self.stage - 1
+        next_rank = None if self.last else self.stage + 1
+        loss, self.last_pass = interpret(program, _BlockStage(self, chunks), self.comm, prev_rank=prev_rank, next_rank=next_rank)
+        return loss
 
     def _clip(self) -> None:
         if not self.opt.grad_clip:
@@ -224,6 +155,33 @@ class BlockPipelineEngine:
 
     def close(self) -> None:
         pass
+
+
+@dataclass
+class _BlockStage:
+    """This rank's stage over one pass's micro-batches, as the pipeline interpreter sees it: a
+    message is the boundary state, one tensor per slot (integer slots travel forward only)."""
+
+    engine: BlockPipelineEngine
+    chunks: list[DiffusionBatch]
+
+    def activation_buffers(self, chunk: int) -> list[Tensor]:
+        return self.engine._empty(self.engine.in_slots, len(self.chunks[chunk]))
+
+    def forward(self, chunk: int, inputs: list[Tensor] | None) -> Tensor | Sequence[Tensor]:
+        engine, batch = self.engine, self.chunks[chunk]
+        if inputs is None:  # the first stage noises its micro-batch
+            state = (engine.schedule.q_sample(batch.x0, batch.t, batch.noise), batch.t, batch.y)
+        else:
+            state = tuple(inputs)
+        state = run_layers(engine.layers, state)
+        if engine.last:
+            return engine.schedule.loss(state[0], engine.schedule.target(batch.x0, batch.noise, batch.t)) / len(self.chunks)
+        return list(state)
+
+    def grad_buffers(self, chunk: int) -> list[Tensor]:
+        differentiable = [s for s in self.engine.out_slots if s.differentiable]
+        return self.engine._empty(differentiable, len(self.chunks[chunk]))
 
 
 def build(ctx: EngineContext) -> BlockPipelineEngine:
