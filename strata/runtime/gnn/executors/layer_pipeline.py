@@ -11,7 +11,8 @@ keeps, for every graph layer it runs, a table of the last input embedding of eve
 reads (historical embeddings). A chunk aggregates its own fresh rows plus the table rows of
 its in-neighbours outside the chunk: fresh for chunks already computed in this pass, one pass
 old for the rest. Only a chunk's own rows carry gradient, so chunks run forward and backward
-independently and a schedule (GPipe or 1F1B, :mod:`pipeline_schedule`) can overlap them.
+independently and a schedule (GPipe or 1F1B, :mod:`strata.runtime.pipeline.schedule`, run by
+:mod:`strata.runtime.pipeline.interpreter`) can overlap them.
 
 A synchronous pass runs the whole graph as one chunk, which is exact: it computes the loss
 and gradients of single-process full-graph training. It runs on the first epoch (to fill
@@ -52,10 +53,9 @@ Evaluation is forward only: half of each term.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -86,15 +86,8 @@ from strata.runtime.gnn.executors.pipeline_layout import (
     plan_units,
 )
 from strata.runtime.loop import ExecutorStats, StepOutput
-from strata.runtime.pipeline.schedule import (
-    SCHEDULES,
-    Backward,
-    Forward,
-    RecvActivation,
-    RecvGrad,
-    SendActivation,
-    SendGrad,
-)
+from strata.runtime.pipeline.interpreter import PipelineStats, interpret
+from strata.runtime.pipeline.schedule import SCHEDULES
 
 
 @dataclass
@@ -119,22 +112,6 @@ class _Unit:
     @property
     def rows(self) -> int:
         return len(self.plan.dst)
-
-
-@dataclass
-class PipelineStats:
-    """What one training pass of this stage did."""
-
-    busy_seconds: float = 0.0
-    pass_seconds: float = 0.0
-    sent_bytes: int = 0
-    synchronous: bool = True
-    epochs_since_sync: int = 0
-    bubbles: list[float] = field(default_factory=list)
-
-    @property
-    def bubble_ratio(self) -> float:
-        return 1.0 - self.busy_seconds / self.pass_seconds if self.pass_seconds else 0.0
 
 
 def residual_prefix(layers: list[nn.Module], widths: list[tuple[int, int]]) -> int:
@@ -167,6 +144,18 @@ def _widths(layers: list[nn.Module], in_dim: int) -> list[tuple[int, int]]:
     return out
 
 
+def _unit(plan: UnitPlan, degrees: tuple[np.ndarray, np.ndarray], train_mask: np.ndarray, device: str) -> _Unit:
+    """``plan`` on the device, with its CSC block normalised by the global (out, in) degrees."""
+
+    def dev(a: np.ndarray) -> Tensor:
+        return torch.from_numpy(a).to(device)
+
+    out_deg, in_deg = degrees
+    block = csc_block(plan.indptr, plan.indices, out_deg[plan.src], in_deg[plan.dst]).to(device)
+    train = dev(np.flatnonzero(train_mask[plan.dst]))
+    return _Unit(plan, block, train, dev(plan.dst), dev(plan.dst_rows), dev(plan.recv_rows), dev(plan.stale_rows), dev(plan.send_pos))
+
+
 class LayerPipelineExecutor:
     """Stage ``rank // G`` on part ``rank % G``, over ``len(stages)`` stages x G ranks."""
 
@@ -190,7 +179,9 @@ class LayerPipelineExecutor:
         layout = PipelineLayout.of(len(stages), comm.world_size)
         part_of = np.zeros(num_nodes, dtype=np.int64) if part_of is None else np.asarray(part_of, dtype=np.int64)
         if chunk_of.shape != (num_nodes,) or part_of.shape != (num_nodes,):
-            raise ConfigError(f"layer_pipeline needs one chunk id and one part id per node ({num_nodes}), got {chunk_of.shape} and {part_of.shape}")
+            raise ConfigError(
+                f"layer_pipeline needs one chunk id and one part id per node ({num_nodes}), got {chunk_of.shape} and {part_of.shape}"
+            )
         if num_nodes and (part_of.min() < 0 or part_of.max() >= layout.groups):
             raise ConfigError(f"layer_pipeline: {len(stages)} stages over {comm.world_size} ranks need part ids 0..{layout.groups - 1}")
         self.cfg = cfg
@@ -201,17 +192,32 @@ class LayerPipelineExecutor:
         self.num_stages = layout.stages
         # Every rank creates every stage group, in stage order.
         self.group = comm.subgroups(layout.stage_ranks())
-        self.prev_rank = layout.rank_of(self.stage - 1, self.part) if self.stage > 0 else -1
-        self.next_rank = layout.rank_of(self.stage + 1, self.part) if self.stage < self.num_stages - 1 else -1
+        self.prev_rank = layout.rank_of(self.stage - 1, self.part) if self.stage > 0 else None
+        self.next_rank = layout.rank_of(self.stage + 1, self.part) if self.stage < self.num_stages - 1 else None
         self.model = model.to(device)
         self.device = device
+        self.seed = seed
+        table_widths = self._place_layers(list(model.layers), stages, data.feat.shape[1])
+        rows = self._build_units(data, part_of, chunk_of.astype(np.int64))
+        # History tables: the last input of every node this rank reads (its part, then its
+        # halo), per graph layer of this stage. Not needed when every pass is synchronous.
+        self.tables: dict[int, Tensor] = {}
+        if cfg.history:
+            for i, layer in enumerate(self.layers):
+                if layer.uses_graph:
+                    self.tables[i] = torch.zeros(rows, table_widths[i], device=device)
+        self.last_pass = PipelineStats()
+        self._last_sync = -1
+        broadcast_parameters(self.model, comm)
+
+    def _place_layers(self, layers: list[nn.Module], stages: list[range], in_dim: int) -> list[int]:
+        """This stage's layers, the input layers it replicates to recompute h0, and the widths of
+        what it receives and sends. Returns the input width of h at each of this stage's layers."""
         span = stages[self.stage]
-        layers = list(model.layers)
-        widths = _widths(layers, data.feat.shape[1])
-        prefix = residual_prefix(layers, widths) if cfg.recompute_residual else 0
+        widths = _widths(layers, in_dim)
+        prefix = residual_prefix(layers, widths) if self.cfg.recompute_residual else 0
         if prefix > stages[0].stop:
             prefix = 0  # the input layers straddle a stage boundary: send h0 instead
-        self.seed = seed
         self.prefix_layers = layers[:prefix]
         """Layers every stage runs on its chunk's features to recompute h0 (none when h0 is sent)."""
         first = max(span.start, prefix)
@@ -219,42 +225,30 @@ class LayerPipelineExecutor:
         if prefix:
             widths = [(width_h, 0) for width_h, _ in widths]  # what travels: h alone
         self.in_width, self.out_width = widths[span.start], widths[span.stop]
+        return [width_h for width_h, _ in widths[first : span.stop]]
 
+    def _build_units(self, data: NodeData, part_of: np.ndarray, chunk_of: np.ndarray) -> int:
+        """The whole part and its chunks as units on the device, the labels, the features where
+        this rank reads them, and the split members it computes. Returns the rows of a history
+        table: the part's nodes and its halo."""
+        num_nodes = data.feat.shape[0]
         indptr, indices = graph_csc(data.graph)
-        in_deg, out_deg = np.diff(indptr), np.bincount(indices, minlength=num_nodes)
+        degrees = (np.bincount(indices, minlength=num_nodes), np.diff(indptr))  # (out, in)
         train_mask = np.zeros(num_nodes, dtype=bool)
         train_mask[data.splits["train"].numpy()] = True
         self.num_train = int(train_mask.sum())
-        tables, whole, chunks = plan_units(indptr, indices, part_of, chunk_of.astype(np.int64), self.part, layout.groups)
+        tables, whole, chunks = plan_units(indptr, indices, part_of, chunk_of, self.part, self.layout.groups)
         self._halo_rows = tables.num_halo
-
-        def unit(plan: UnitPlan) -> _Unit:
-            def dev(a: np.ndarray) -> Tensor:
-                return torch.from_numpy(a).to(device)
-
-            block = csc_block(plan.indptr, plan.indices, out_deg[plan.src], in_deg[plan.dst]).to(device)
-            train = dev(np.flatnonzero(train_mask[plan.dst]))
-            return _Unit(plan, block, train, dev(plan.dst), dev(plan.dst_rows), dev(plan.recv_rows), dev(plan.stale_rows), dev(plan.send_pos))
-
-        self.whole = unit(whole)
-        self.chunks = [unit(plan) for plan in chunks]
-        self.label = data.label.to(device)
-        self.feat = data.feat.to(device) if self.stage == 0 or self.prefix_layers else None
+        self.whole = _unit(whole, degrees, train_mask, self.device)
+        self.chunks = [_unit(plan, degrees, train_mask, self.device) for plan in chunks]
+        self.label = data.label.to(self.device)
+        self.feat = data.feat.to(self.device) if self.stage == 0 or self.prefix_layers else None
         # Split members this rank computes, as positions among the whole part's rows.
         position = torch.full((num_nodes,), -1, dtype=torch.int64)
         position[torch.from_numpy(whole.dst)] = torch.arange(len(whole.dst))
         self.split_sizes = {name: len(ids) for name, ids in data.splits.items()}
-        self.splits = {name: position[ids][position[ids] >= 0].to(device) for name, ids in data.splits.items()}
-        # History tables: the last input of every node this rank reads (its part, then its
-        # halo), per graph layer of this stage. Not needed when every pass is synchronous.
-        self.tables: dict[int, Tensor] = {}
-        if cfg.history:
-            for i, layer in enumerate(self.layers):
-                if layer.uses_graph:
-                    self.tables[i] = torch.zeros(tables.num_owned + tables.num_halo, widths[first + i][0], device=device)
-        self.last_pass = PipelineStats()
-        self._last_sync = -1
-        broadcast_parameters(self.model, comm)
+        self.splits = {name: position[ids][position[ids] >= 0].to(self.device) for name, ids in data.splits.items()}
+        return tables.num_owned + tables.num_halo
 
     # -- one stage's compute -------------------------------------------------------------
 
@@ -315,11 +309,15 @@ class LayerPipelineExecutor:
         labels = self.label[unit.dst_ids[unit.train]]
         return F.cross_entropy(logits[unit.train], labels, reduction="sum") / self.num_train
 
+    def _buffer(self, rows: int, widths: tuple[int, int]) -> Tensor:
+        """An empty message of ``rows`` rows: h, with h0 beside it when it travels.  (rows, sum(widths))"""
+        return torch.empty(rows, sum(widths), device=self.device)
+
     def _recv(self, rows: int, widths: tuple[int, int], src: int) -> Tensor:
-        message = torch.empty(rows, sum(widths), device=self.device)
+        message = self._buffer(rows, widths)
         return self.comm.recv(message, src) if rows else message  # both sides skip empty units
 
-    # -- the interpreter -----------------------------------------------------------------
+    # -- a pass -------------------------------------------------------------------------
 
     def run_pass(self, units: list[_Unit], step: int = 0) -> float:
         """Forward and backward of every unit under the configured schedule; returns the loss
@@ -327,58 +325,9 @@ class LayerPipelineExecutor:
         rank's share only: :meth:`reduce_gradients` sums them over the ranks that share them.
         ``step`` (the epoch) seeds the input layers' dropout when h0 is recomputed."""
         program = SCHEDULES[self.cfg.schedule](self.stage, self.num_stages, len(units))
-        received: dict[int, Tensor] = {}
-        outputs: dict[int, Tensor] = {}
-        grads: dict[int, Tensor] = {}
-        pending: list[tuple[object, Tensor]] = []
-        loss_total = 0.0
-        busy = 0.0
-        sent = 0
-        started = time.perf_counter()
-        for op in program:
-            unit = units[op.chunk]
-            rows = unit.rows
-            if isinstance(op, RecvActivation):
-                received[op.chunk] = self._recv(rows, self.in_width, self.prev_rank).requires_grad_()
-            elif isinstance(op, Forward):
-                t0 = time.perf_counter()
-                h, h0 = self._input(unit, received.get(op.chunk), step, op.chunk)
-                h, h0 = self._stage_forward(unit, h, h0, record=True)
-                if self.stage == self.num_stages - 1:
-                    outputs[op.chunk] = self._loss(unit, h)
-                    loss_total += float(outputs[op.chunk].detach())
-                else:
-                    outputs[op.chunk] = self._pack(h, h0)
-                busy += time.perf_counter() - t0
-            elif isinstance(op, SendActivation):
-                message = outputs[op.chunk].detach().contiguous()
-                if rows:
-                    pending.append((self.comm.isend(message, self.next_rank), message))
-                    sent += message.numel() * message.element_size()
-            elif isinstance(op, RecvGrad):
-                grads[op.chunk] = self._recv(rows, self.out_width, self.next_rank)
-            elif isinstance(op, Backward):
-                t0 = time.perf_counter()
-                out = outputs.pop(op.chunk)
-                if self.stage == self.num_stages - 1:
-                    out.backward()
-                elif out.requires_grad:
-                    out.backward(grads.pop(op.chunk))
-                busy += time.perf_counter() - t0
-            elif isinstance(op, SendGrad):
-                grad = received.pop(op.chunk).grad
-                message = torch.zeros(rows, sum(self.in_width), device=self.device) if grad is None else grad.contiguous()
-                if rows:
-                    pending.append((self.comm.isend(message, self.prev_rank), message))
-                    sent += message.numel() * message.element_size()
-            else:  # pragma: no cover - the schedule module defines no other instructions
-                raise TypeError(f"unknown pipeline instruction {op!r}")
-        for work, _ in pending:
-            work.wait()
-        self.last_pass.busy_seconds = busy
-        self.last_pass.pass_seconds = time.perf_counter() - started
-        self.last_pass.sent_bytes = sent
-        return loss_total
+        stage = _GraphStage(self, units, step)
+        loss, self.last_pass = interpret(program, stage, self.comm, prev_rank=self.prev_rank, next_rank=self.next_rank)
+        return loss
 
     def halo_rows(self) -> int:
         """Halo nodes of this rank's part in the stage's G-part cut (0 with G = 1)."""
@@ -418,8 +367,6 @@ class LayerPipelineExecutor:
         loss = self.run_pass([self.whole] if synchronous else self.chunks, step=epoch)
         if synchronous:
             self._last_sync = epoch
-        self.last_pass.synchronous = synchronous
-        self.last_pass.epochs_since_sync = epoch - self._last_sync
         last = self.stage == self.num_stages - 1
         return StepOutput(loss=loss, samples=len(self.whole.train) if last else 0)
 
@@ -443,10 +390,10 @@ class LayerPipelineExecutor:
         """Forward of this rank's whole part through all stages, without touching history;
         logits of the part's nodes on the last stage.  (num_part_nodes, num_classes)"""
         self.model.eval()
-        received = None if self.stage == 0 else self._recv(self.whole.rows, self.in_width, self.prev_rank)
+        received = None if self.prev_rank is None else self._recv(self.whole.rows, self.in_width, self.prev_rank)
         h, h0 = self._input(self.whole, received)
         h, h0 = self._stage_forward(self.whole, h, h0, record=False)
-        if self.stage < self.num_stages - 1:
+        if self.next_rank is not None:
             if self.whole.rows:
                 self.comm.send(self._pack(h, h0), self.next_rank)
             return None
@@ -466,6 +413,30 @@ class LayerPipelineExecutor:
             loss_sums.append(sums[0])
             correct.append(sums[1])
         return split_scores(names, loss_sums, correct, self.split_sizes, self.comm)
+
+
+@dataclass
+class _GraphStage:
+    """This rank's stage over one pass's units, as the pipeline interpreter sees it: a message
+    is one tensor, h packed with h0 when h0 travels, and an empty unit's is empty (not sent)."""
+
+    executor: LayerPipelineExecutor
+    units: list[_Unit]
+    step: int
+
+    def activation_buffers(self, chunk: int) -> list[Tensor]:
+        return [self.executor._buffer(self.units[chunk].rows, self.executor.in_width)]
+
+    def forward(self, chunk: int, inputs: list[Tensor] | None) -> Tensor | Sequence[Tensor]:
+        executor, unit = self.executor, self.units[chunk]
+        h, h0 = executor._input(unit, None if inputs is None else inputs[0], self.step, chunk)
+        h, h0 = executor._stage_forward(unit, h, h0, record=True)
+        if executor.stage == executor.num_stages - 1:
+            return executor._loss(unit, h)
+        return [executor._pack(h, h0)]
+
+    def grad_buffers(self, chunk: int) -> list[Tensor]:
+        return [self.executor._buffer(self.units[chunk].rows, self.executor.out_width)]
 
 
 def build(ctx: BuildContext) -> LayerPipelineExecutor:
