@@ -31,12 +31,36 @@ def save(root: str, step: int, shard: dict[str, Any], *, keep: int, comm: Comm) 
 
 
 def restore(root: str, comm: Comm) -> tuple[int, dict[str, Any]] | None:
-    """(step, this rank's shard) of the newest complete checkpoint under ``root``, or None."""
-    newest = checkpoint.latest_step(root) if comm.rank == 0 else None
-    step = comm.broadcast_int(-1 if newest is None else newest)
-    if step < 0:
+    """(step, this rank's shard) of the newest complete checkpoint under ``root`` whose every
+    shard reads back intact, or None when there is no complete checkpoint. A corrupt or
+    unreadable newer one is skipped with a warning; if none is usable, that is an error."""
+    steps = checkpoint.complete_steps(root) if comm.rank == 0 else []
+    count = comm.broadcast_int(len(steps))
+    if count == 0:
         log.info("no complete checkpoint under %s: starting from scratch", root)
         return None
+    skipped: list[str] = []
+    for index in range(count):
+        step = comm.broadcast_int(steps[-1 - index] if comm.rank == 0 else -1)
+        _check_world_size(root, step, comm)
+        try:
+            shard, failure = checkpoint.read_shard(root, step, comm.rank), ""
+        except CheckpointError as exc:
+            shard, failure = None, str(exc)
+        failed = comm.sum_floats([float(bool(failure))])[0] if comm.world_size > 1 else float(bool(failure))
+        if not failed:
+            log.info("resuming from checkpoint step %d under %s", step, root)
+            return step, shard  # type: ignore[return-value]
+        if failure:
+            log.warning("rank %d: %s; trying the previous complete checkpoint", comm.rank, failure)
+        skipped.append(f"step {step}")
+    raise CheckpointError(
+        f"no usable checkpoint under '{root}': {', '.join(skipped)} are complete but corrupt or unreadable "
+        "(see the warnings above); resume from another checkpoint.dir or start afresh with a new run_dir"
+    )
+
+
+def _check_world_size(root: str, step: int, comm: Comm) -> None:
     written_by = checkpoint.read_marker(root, step)["world_size"]
     if written_by != comm.world_size:
         raise CheckpointError(
@@ -44,8 +68,6 @@ def restore(root: str, comm: Comm) -> tuple[int, dict[str, Any]] | None:
             f"{comm.world_size}: each rank's optimizer, RNG and data position are in its own shard and cannot be "
             f"re-split; resume with {written_by} processes, or start afresh with another checkpoint.dir"
         )
-    log.info("resuming from checkpoint step %d under %s", step, root)
-    return step, checkpoint.read_shard(root, step, comm.rank)
 
 
 def load_states(step: int, root: str, pairs: dict[str, tuple[Any, dict[str, Any]]]) -> None:
