@@ -39,9 +39,9 @@ from strata.runtime.gnn.executors.base import BuildContext, GNNExecutor
 from strata.runtime.gnn.registry import build_executor
 from strata.runtime.loop import LoopConfig, LoopState, resolve_bf16, run_loop
 from strata.runtime.metrics import TrainingMetrics
-from strata.storage import fs
+from strata.storage import fs, layout
 from strata.storage.featstore.config import FeaturesConfig
-from strata.storage.store import DatasetStore
+from strata.storage.store import DatasetMeta, DatasetStore
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +154,15 @@ def _check_world(cfg: TrainConfig, topology: Topology) -> None:
         )
 
 
+def _check_training_nodes(meta: DatasetMeta, store: str) -> None:
+    shape = meta.arrays.get(layout.split_key("train"), {}).get("shape", [0])
+    if not shape or shape[0] == 0:
+        raise ConfigError(
+            f"store '{store}' has no training nodes (its node/split/train is empty or absent): there is nothing to "
+            "train on; re-ingest it with a training split"
+        )
+
+
 def _data_loader(data_cfg: DataConfig, features: FeaturesConfig | None, self_loops: bool) -> Callable[[], NodeData]:
     """Loads the data set once, on the first call; features stay in the store (spilled to a
     memory-mapped file) when the features config serves batches from the store."""
@@ -183,11 +192,12 @@ def train_node_classifier(
     """
     topology = topology or single_process()
     _check_world(cfg, topology)
+    meta = DatasetStore.open(data_cfg.store).meta
+    _check_training_nodes(meta, data_cfg.store)
     torch.manual_seed(cfg.seed)
     fs.makedirs(run_dir)
     ckpt_root = ckpt_cfg.dir or fs.join(run_dir, "checkpoints")
     jsonl = metrics_cfg.jsonl or fs.join(run_dir, "metrics.jsonl")
-    meta = DatasetStore.open(data_cfg.store).meta
     # The probe draws from the seeded generator before the model, as runs always have: the same
     # seed keeps giving the same initial weights.
     self_loops = build_gnn(model_cfg, 1, 1).self_loops

@@ -118,3 +118,15 @@ def test_a_checkpoint_of_the_old_gnn_trainer_resumes_to_the_same_weights(tmp_pat
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
     assert a["job"] == b["job"]
+
+
+def test_a_store_without_training_nodes_is_a_config_error(tmp_path: Path) -> None:
+    from strata.errors import ConfigError
+
+    graph = random_graph(50, 200, feat_dim=FEAT, num_classes=CLASSES)
+    graph.splits["train"] = graph.splits["train"][:0]
+    write_graph_data(graph, str(tmp_path / "store"), "g", symmetrize=True)
+    with pytest.raises(ConfigError, match="has no training nodes"):
+        train_node_classifier(DataConfig(store=str(tmp_path / "store")), ModelConfig(), TrainConfig(epochs=1), CheckpointConfig(),
+                              MetricsConfig(), run_dir=str(tmp_path / "run"), progress=False)
+    assert not (tmp_path / "run").exists()
