@@ -37,7 +37,8 @@ def _import_dgl() -> types.ModuleType:
         return sys.modules["dgl"]
     if not _graphbolt_library_matches_torch() and "dgl.graphbolt" not in sys.modules:
         sys.modules["dgl.graphbolt"] = types.ModuleType("dgl.graphbolt")
-        log.info(
+        # Said only with -v: it is how strata always runs DGL here, nothing a user need act on.
+        log.debug(
             "dgl.graphbolt disabled: its C++ library does not match this torch; "
             "strata uses DGL's core graphs, samplers, dgl.nn and METIS only"
         )

@@ -3,23 +3,37 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+import warnings
+from collections.abc import Mapping, Sequence
 
 from strata.errors import StrataError
 
 DESCRIPTION = """\
-strata trains graph neural networks on graphs that outgrow one machine.
+strata trains graph neural networks on graphs, and diffusion models on image sets, that
+outgrow one machine: data parallel, graph parallel, layer pipelines, DeepSpeed ZeRO and
+decentralized diffusion experts, under torchrun, SLURM or Kubernetes.
 
-Typical flow:
+Graphs (node classification):
   strata ingest planetoid DIR --name cora --out stores/cora    raw data -> dataset store
   strata info stores/cora --verify                             inspect and check a store
   strata train examples/cora_gcn.yaml                          train from a YAML config
-  strata sample runs/digits                                    samples from a diffusion run
   strata quickstart                                            all of it on a synthetic graph
+
+Images (diffusion):
+  strata ingest digits --out stores/digits                     scikit-learn's digits -> image store
+  strata train examples/digits_dit.yaml                        train a DiT (task: diffusion)
+  strata sample runs/digits-dit --out samples.png              samples from a diffusion run or expert set
+
+'strata COMMAND --help' describes each command. Under torchrun, srun or Kubernetes every
+process runs 'strata train'; only rank 0 prints progress and errors.
 """
+
+log = logging.getLogger("strata.launch")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,19 +65,67 @@ def _version() -> str:
     return __version__
 
 
+def launched_rank(env: Mapping[str, str]) -> int:
+    """This process's rank when a launcher (torchrun, srun, a Kubernetes Job) started it as one
+    of several; 0 otherwise, and when the launcher's variables do not make sense (the training
+    command reports those itself)."""
+    from strata.runtime.dist.topology import topology_from_env
+
+    try:
+        return topology_from_env(env).rank
+    except (StrataError, ValueError):
+        rank = env.get("RANK", "0")
+        return int(rank) if rank.isdigit() else 0
+
+
+def _quiet_third_party() -> None:
+    """Keep output to strata's own lines: DeepSpeed calls torch.distributed functions that torch
+    has deprecated, and each call warns once per process; nothing a user can act on."""
+    warnings.filterwarnings("ignore", category=FutureWarning, message=r"`torch\.distributed\.\w+` is deprecated")
+
+
+def report_error(message: str, rank: int, env: Mapping[str, str]) -> None:
+    """Say what went wrong once for the whole job, not once per process.
+
+    Rank 0 prints it. Under torchrun every rank also writes it to the error file torchrun
+    gives each worker (``TORCHELASTIC_ERROR_FILE``), so torchrun's failure summary names the
+    cause of a rank that failed alone instead of a link to its docs; other ranks therefore
+    print nothing. Other launchers (srun) get the other ranks' errors prefixed with their rank."""
+    error_file = env.get("TORCHELASTIC_ERROR_FILE", "")
+    if error_file and not os.path.exists(error_file):
+        try:
+            # The layout of torch.distributed.elastic's ErrorHandler.record_exception; torchrun shows py_callstack.
+            record = {"message": message, "extraInfo": {"py_callstack": message, "timestamp": str(int(time.time()))}}
+            with open(error_file, "w") as out:
+                json.dump({"message": record}, out)
+        except OSError:
+            error_file = ""
+    if rank == 0:
+        print(f"strata: error: {message}", file=sys.stderr)
+    elif not error_file:
+        print(f"strata: error (rank {rank}): {message}", file=sys.stderr)
+    else:
+        log.debug("error on rank %d: %s", rank, message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DGLBACKEND", "pytorch")
+    _quiet_third_party()
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if getattr(args, "quiet", False) else logging.INFO
+    rank = launched_rank(os.environ)
+    # Only rank 0 says what the job is doing; the others speak up for warnings and worse.
+    quiet = getattr(args, "quiet", False) or rank != 0
+    level = logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="strata %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
     except StrataError as exc:
-        print(f"strata: error: {exc}", file=sys.stderr)
+        report_error(str(exc), rank, os.environ)
         return 2
     except KeyboardInterrupt:
-        print("strata: interrupted", file=sys.stderr)
+        if rank == 0:
+            print("strata: interrupted", file=sys.stderr)
         return 130
 
 

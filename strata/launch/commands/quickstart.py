@@ -2,8 +2,8 @@
 
 Generates a synthetic block-model graph (20k nodes, class-correlated features), writes it as a
 store, trains GraphSAGE on sampled mini-batches, data parallel over 2 local processes started
-by torchrun (``--nproc 1``: in this process), and reports accuracy, throughput and where
-everything went. Nothing is downloaded.
+by `strata train --nproc-per-node` (``--nproc 1``: in this process), and reports accuracy,
+throughput and where everything went. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="generate a synthetic graph and train GraphSAGE on it on 2 local processes (the embedded default job)",
         description="Generate a synthetic graph with a learnable label signal, ingest it into a "
         "dataset store, train GraphSAGE on neighbour-sampled mini-batches on 2 local processes "
-        "(torchrun, gloo; --nproc 1 for one) and print accuracy, throughput and where the store, "
+        "(torchrun's agent, gloo; --nproc 1 for one) and print accuracy, throughput and where the store, "
         "job config, checkpoints and metrics went.",
     )
     p.add_argument("--workdir", default="", help="where to put the store and run (default: a new temp dir)")
@@ -69,19 +69,18 @@ def _train_here(job_url: str, progress: bool) -> dict[str, Any]:
     return asdict(result)
 
 
-def _train_torchrun(job_url: str, nproc: int, quiet: bool) -> dict[str, Any]:
+def _train_processes(job_url: str, nproc: int, quiet: bool) -> dict[str, Any]:
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc),
-        "-m", "strata.launch.cli", "train", job_url, "--json", *(["-q"] if quiet else []),
+        sys.executable, "-m", "strata.launch.cli", "train", job_url, "--nproc-per-node", str(nproc), "--json",
+        *(["-q"] if quiet else []),
     ]
-    print(f"training on {nproc} processes: torchrun --standalone --nproc-per-node {nproc} -m strata.launch.cli train {job_url}")
-    threads = str(max(1, (os.cpu_count() or 1) // nproc))
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads), "DGLBACKEND": "pytorch"}
+    print(f"training on {nproc} processes: strata train {job_url} --nproc-per-node {nproc}")
+    env = {**os.environ, "DGLBACKEND": "pytorch"}
     # Progress and errors go straight to the terminal; rank 0's result comes back on stdout.
     proc = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env)
     results = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not results:
-        raise StrataError(f"training on {nproc} processes failed (torchrun exit {proc.returncode}); its errors are above")
+        raise StrataError(f"training on {nproc} processes failed (exit {proc.returncode}); its errors are above")
     return json.loads(results[-1])
 
 
@@ -107,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if args.nproc == 1:
         result = _train_here(job_url, progress)
     else:
-        result = _train_torchrun(job_url, args.nproc, quiet=not progress)
+        result = _train_processes(job_url, args.nproc, quiet=args.quiet)
     on = f" on {result['world_size']} processes" if result["world_size"] > 1 else ""
     print(f"GraphSAGE: test accuracy {result['test_acc']:.4f} (validation {result['val_acc']:.4f}, best epoch {result['best_epoch']})")
     print(f"throughput: {result['samples_per_second']:,.0f} training nodes/s over {result['steps']} steps{on}")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import posixpath
+
+from strata.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,25 +25,94 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.seed=3 (repeatable)",
     )
+    p.add_argument(
+        "--nproc-per-node", type=int, default=0, metavar="N",
+        help="start N training processes on this machine (as 'torchrun --standalone --nproc-per-node N' would, "
+        "with strata's output only); default: this process, alone or as one of a job torchrun, srun or "
+        "Kubernetes started",
+    )
     p.add_argument("--json", action="store_true", help="print the final result as one JSON object")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     p.set_defaults(func=run)
 
 
+def worker_argv(args: argparse.Namespace) -> list[str]:
+    """The command line each process of ``--nproc-per-node`` runs: this one without that option."""
+    argv = ["-v"] if getattr(args, "verbose", False) else []
+    argv += ["train", args.config, *(["--resume"] if args.resume else [])]
+    for item in args.overrides:
+        argv += ["--set", item]
+    return argv + (["--json"] if args.json else []) + (["-q"] if args.quiet else [])
+
+
 def run(args: argparse.Namespace) -> int:
     import os
-    from dataclasses import asdict
 
+    if args.nproc_per_node < 0:
+        raise ConfigError(f"--nproc-per-node must be at least 1, got {args.nproc_per_node}")
+    if args.nproc_per_node > 1:
+        from strata.launch.job import load_job
+        from strata.launch.local import run_local
+
+        load_job(args.config, args.overrides)  # a bad config fails here, once, before any process starts
+        return run_local(worker_argv(args), args.nproc_per_node)
     import torch
 
     from strata.launch.job import load_job
-    from strata.launch.progress import show_progress
-    from strata.runtime.dist.process_group import process_group
     from strata.runtime.dist.topology import topology_from_env
-    from strata.runtime.gnn.trainer import train_node_classifier
 
     job = load_job(args.config, args.overrides)
     topology = topology_from_env(os.environ, cuda_devices=torch.cuda.device_count(), backend=job.distributed.backend)
+    made = _missing_folders(job.run_dir)
+    try:
+        return _run_job(job, topology, args)
+    except BaseException:
+        if topology.is_main:
+            _remove_if_empty(made)
+        raise
+
+
+def _missing_folders(url: str) -> list[str]:
+    """``url`` and those of its parents that do not exist yet, deepest first."""
+    from strata.storage import fs
+
+    missing = []
+    while url and not fs.exists(url):
+        missing.append(url)
+        parent = posixpath.dirname(url.rstrip("/"))
+        scheme, _, rest = parent.rpartition("://")
+        if parent in ("", url) or (scheme and "/" not in rest):  # never a bucket or a URL's root
+            break
+        url = parent
+    return missing
+
+
+def _remove_if_empty(folders: list[str]) -> None:
+    """Remove the folders a failed training made that hold no file: each only when it is empty
+    (empty folders beneath it go first), deepest first; anything holding a file stays."""
+    from strata.storage import fs
+
+    for url in folders:
+        filesystem, path = fs.get_fs(url)
+        try:
+            if not filesystem.exists(path):
+                continue
+            if filesystem.find(path):
+                return
+            below = [p for p in filesystem.find(path, withdirs=True) if p.rstrip("/") != path.rstrip("/")]
+            for folder in [*sorted(below, key=len, reverse=True), path]:
+                filesystem.rmdir(folder)
+        except OSError:
+            return
+
+
+def _run_job(job, topology, args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from strata.launch.progress import show_progress
+    from strata.runtime.dist.process_group import process_group
+    from strata.runtime.gnn.trainer import train_node_classifier
+
     if job.task == "diffusion":
         return _run_diffusion(job, topology, args)
     with process_group(topology, timeout_seconds=job.distributed.timeout_seconds):

@@ -4,6 +4,9 @@ other engines see and counts the bytes its collectives send."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
 
 import torch
@@ -21,6 +24,8 @@ from strata.runtime.diffusion.engines import (
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.replicas import broadcast_parameters
 from strata.runtime.loop import ExecutorStats, StepOutput
+
+log = logging.getLogger(__name__)
 
 
 class DeepSpeedEngine:
@@ -48,9 +53,14 @@ class DeepSpeedEngine:
         )
         broadcast_parameters(model, comm)
         optimizer = torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=self.config, dist_init_required=False
-        )
+        # DeepSpeed print()s that it built its shared-memory op on every rank: log it instead.
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=optimizer, config=self.config, dist_init_required=False
+            )
+        for line in printed.getvalue().splitlines():
+            log.debug("deepspeed: %s", line)
         self.module = self.engine.module
         self._logger = deepspeed.comm.comms_logger
         self._reported: dict[str, int] = {}
