@@ -63,9 +63,12 @@ def _coerce(hint: Any, raw: Any, dotted: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, raw, dotted)
     if origin in (list, tuple):
-        if not isinstance(raw, (list, tuple)):
-            raise ConfigError(f"'{dotted}' must be a list, got {type(raw).__name__} {raw!r}")
         item = args[0] if args else Any
+        if isinstance(raw, str) and item in (int, float):
+            raw = _comma_list(raw, item, dotted)
+        if not isinstance(raw, (list, tuple)):
+            example = " such as [10, 10] or 10,10" if item in (int, float) else ""
+            raise ConfigError(f"'{dotted}' must be a list{example}, got {type(raw).__name__} {raw!r}")
         items = [_coerce(item, x, f"{dotted}[{i}]") for i, x in enumerate(raw)]
         return items if origin is list else tuple(items)
     if origin is dict:
@@ -91,6 +94,17 @@ def _coerce(hint: Any, raw: Any, dotted: str) -> Any:
             raise ConfigError(f"'{dotted}' must be a string, got {raw!r}")
         return str(raw)
     return raw
+
+
+def _comma_list(text: str, item: type, dotted: str) -> list[Any]:
+    """A list of numbers spelled ``10,10`` (as `strata pack --fanouts` takes them, and as
+    ``--set train.fanouts=10,10`` arrives), the same as ``[10, 10]``."""
+    parts = [part.strip() for part in text.strip().strip("[]").split(",")]
+    try:
+        return [item(part) for part in parts]
+    except ValueError:
+        kind = "integers" if item is int else "numbers"
+        raise ConfigError(f"'{dotted}' must be a list of {kind} such as [10, 10] or 10,10; got '{text}'") from None
 
 
 def load_yaml(url: str) -> dict[str, Any]:

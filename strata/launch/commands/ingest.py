@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ GRAPH_FORMATS = {
     "planetoid": "a folder of Planetoid ind.<name>.* files (Cora, CiteSeer, PubMed)",
     "ogb": "an OGB node-property folder (raw/*.csv.gz, split/<scheme>/*.csv.gz)",
     "npz": "an .npz file or a folder of .npy files (edge_index, features, labels, splits)",
-    "synthetic": "a generated block-model or R-MAT graph (SOURCE is ignored; see --nodes etc.)",
+    "synthetic": "a generated block-model or R-MAT graph (no SOURCE; see --nodes etc.)",
 }
 IMAGE_FORMATS = {
     "images": "image arrays: an .npy, an .npz or a folder of per-image .npy files",
@@ -23,6 +24,8 @@ IMAGE_FORMATS = {
     "synthetic-images": "generated labelled images of any size (class-dependent patterns)",
 }
 FORMATS = {**GRAPH_FORMATS, **IMAGE_FORMATS}
+
+log = logging.getLogger(__name__)
 
 _IMAGES_HELP = """\
 Images may be N x C x H x W, N x H x W x C (C = 1, 3 or 4; the channel axis is found from
@@ -34,9 +37,9 @@ An .npz is searched for images under 'images', 'x' or 'data' and for labels unde
 'label' or 'y'. A folder is read as one image per .npy file, in file-name order.
 
 examples:
-  strata ingest images faces.npy stores/faces --labels faces_labels.npy
-  strata ingest images photos.npz stores/photos --layout nhwc
-  strata ingest images frames/ stores/frames --value-range=-1,1
+  strata ingest images faces.npy --out stores/faces --labels faces_labels.npy
+  strata ingest images photos.npz --out stores/photos --layout nhwc
+  strata ingest images frames/ --out stores/frames --value-range=-1,1
 """
 
 
@@ -66,32 +69,44 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _register_graph(formats: argparse._SubParsersAction, name: str, text: str) -> None:
+    """One parser per graph format, holding only that format's options."""
     p = formats.add_parser(name, help=text, description=f"Ingest {text}.")
-    p.add_argument("source", nargs="?", default="", help="input path or URL (not needed for synthetic)")
-    p.add_argument("--out", required=True, help="URL of the store to write (path, file://, memory://, s3://...)")
+    if name == "synthetic":
+        p.set_defaults(source="")
+    else:
+        p.add_argument("source", help="input path or URL")
+    p.add_argument("--out", required=True, metavar="STORE", help="URL of the store to write (path, file://, memory://, s3://...)")
     _common(p)
-    p.add_argument("--allow-nan", action="store_true", help="accept NaN/inf features instead of failing")
     p.add_argument("--no-symmetrize", action="store_true", help="keep edges directed (default: add reverse edges)")
-    p.add_argument("--planetoid-name", default="", help="planetoid: file prefix (default: --name, else cora)")
-    p.add_argument("--split-scheme", default=None, help="ogb: which split/<scheme> to use (default: the first)")
-    g = p.add_argument_group("synthetic")
-    g.add_argument("--nodes", type=int, default=20_000, help="number of nodes (default 20000)")
-    g.add_argument("--avg-degree", type=float, default=10.0, help="mean in-degree (default 10)")
-    g.add_argument("--classes", type=int, default=8, help="number of classes (default 8)")
-    g.add_argument("--feat-dim", type=int, default=64, help="feature width (default 64)")
-    g.add_argument("--kind", choices=["block", "rmat"], default="block", help="source distribution (default block)")
-    g.add_argument("--homophily", type=float, default=0.8, help="share of same-class in-edges (default 0.8)")
-    g.add_argument("--feature-noise", type=float, default=3.0, help="noise around class centroids (default 3.0)")
-    g.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
-    p.set_defaults(func=run_graph)
+    p.set_defaults(func=run_graph, allow_nan=False, planetoid_name="", split_scheme=None, **SYNTHETIC_DEFAULTS)
+    if name != "synthetic":
+        p.add_argument("--allow-nan", action="store_true", help="accept NaN/inf features instead of failing")
+    if name == "planetoid":
+        p.add_argument("--planetoid-name", default="", help="file prefix, e.g. citeseer (default: --name, else cora)")
+    if name == "ogb":
+        p.add_argument("--split-scheme", default=None, help="which split/<scheme> to use (default: the first)")
+    if name == "synthetic":
+        p.add_argument("--nodes", type=int, default=20_000, help="number of nodes (default 20000)")
+        p.add_argument("--avg-degree", type=float, default=10.0, help="mean in-degree (default 10)")
+        p.add_argument("--classes", type=int, default=8, help="number of classes (default 8)")
+        p.add_argument("--feat-dim", type=int, default=64, help="feature width (default 64)")
+        p.add_argument("--kind", choices=["block", "rmat"], default="block", help="source distribution (default block)")
+        p.add_argument("--homophily", type=float, default=0.8, help="share of same-class in-edges (default 0.8)")
+        p.add_argument("--feature-noise", type=float, default=3.0, help="noise around class centroids (default 3.0)")
+        p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+
+
+SYNTHETIC_DEFAULTS = {
+    "nodes": 20_000, "avg_degree": 10.0, "classes": 8, "feat_dim": 64, "kind": "block", "homophily": 0.8,
+    "feature_noise": 3.0, "seed": 0,
+}
+"""What the synthetic-only options hold for the other graph formats (which ignore them)."""
 
 
 def run_graph(args: argparse.Namespace) -> int:
     from strata.launch.progress import show_progress
     from strata.storage.ingest import ingest
 
-    if args.format != "synthetic" and not args.source:
-        raise IngestError(f"'strata ingest {args.format}' needs a SOURCE path")
     meta = ingest(
         args.format,
         args.source,
@@ -134,16 +149,19 @@ def _value_range(text: str) -> tuple[float, float]:
 
 
 def _store_argument(p: argparse.ArgumentParser) -> None:
-    p.add_argument("store", nargs="?", default="", metavar="STORE", help="URL of the store to write (path, file://, memory://, s3://...)")
-    p.add_argument("--out", default="", help="the same as STORE, as the graph formats spell it")
+    p.add_argument("--out", default="", metavar="STORE", help="URL of the store to write (path, file://, memory://, s3://...)")
+    # The older spelling, a positional STORE: still read, no longer shown.
+    p.add_argument("store", nargs="?", default="", help=argparse.SUPPRESS)
 
 
 def _store_url(args: argparse.Namespace) -> str:
     if args.store and args.out and args.store != args.out:
-        raise IngestError(f"two store URLs given ('{args.store}' and --out '{args.out}'); give one")
-    url = args.store or args.out
+        raise IngestError(f"two store URLs given ('{args.store}' and --out '{args.out}'); give one, as --out STORE")
+    url = args.out or args.store
     if not url:
-        raise IngestError(f"'strata ingest {args.format}' needs a STORE URL to write")
+        raise IngestError(f"'strata ingest {args.format}' needs --out STORE, the URL of the store to write")
+    if not args.out:
+        log.warning("'strata ingest %s ... STORE' is the older spelling: write --out %s, as every format takes it", args.format, url)
     return url
 
 
