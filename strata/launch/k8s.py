@@ -203,6 +203,31 @@ def _base_env() -> list[dict[str, Any]]:
     ]
 
 
+def omp_threads(cfg: K8sConfig) -> int:
+    """Threads of each process: the pod's CPU request shared out over its processes (torchrun
+    would otherwise set 1 and print a banner saying so)."""
+    cpu = cfg.cpu
+    scale = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}.get(cpu[-1], 1.0)
+    cores = float(cpu.rstrip("mkMGTi")) * scale
+    return max(1, int(cores) // cfg.procs_per_node)
+
+
+def store_unseen_by_pods(config: dict[str, Any], cfg: K8sConfig) -> str:
+    """Why the pods will not find the job's store, or '' when they may: a path on this machine is
+    not in the pods, unless it lies on the claim mounted at /scratch/runs."""
+    store = str((config.get("data") or {}).get("store") or "")
+    if not store or ("://" in store and not store.startswith("file://")):
+        return ""
+    path = store.removeprefix("file://")
+    if cfg.pvc and path.startswith(f"{SCRATCH}/runs/"):
+        return ""
+    return (
+        f"data.store '{store}' is a path on this machine: the pods will not find it (they hold the image, the "
+        f"ConfigMap and /scratch). Give a URL they can reach, e.g. --set data.store=s3://BUCKET/{path.lstrip('/')}, "
+        f"or a path under {SCRATCH}/runs/ on the claim of --pvc"
+    )
+
+
 def _resources(cfg: K8sConfig) -> dict[str, Any]:
     requests: dict[str, Any] = {"cpu": cfg.cpu, "memory": cfg.memory}
     limits: dict[str, Any] = {"memory": cfg.memory}
@@ -246,7 +271,7 @@ def _container(
         "image": cfg.image,
         "command": command,
         "workingDir": SCRATCH,
-        "env": _base_env() + env,
+        "env": _base_env() + [{"name": "OMP_NUM_THREADS", "value": str(omp_threads(cfg))}] + env,
         "ports": ports,
         "resources": _resources(cfg),
         "volumeMounts": _mounts(cfg),

@@ -153,6 +153,9 @@ def sbatch_script(
     ]
     port = str(cfg.port) if cfg.port else "$((20000 + SLURM_JOB_ID % 10000))"
     if cfg.mode == "torchrun":
+        # torchrun sets OMP_NUM_THREADS=1 and prints a banner saying so unless it is set: choose it here.
+        threads = max(1, cfg.cpus_per_task // cfg.procs_per_node) if cfg.cpus_per_task else 1
+        lines.append(f'export OMP_NUM_THREADS="${{OMP_NUM_THREADS:-{threads}}}"')
         lines.append('head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)')
         lines.append(f"rdzv_port={port}")
         torchrun = [

@@ -8,9 +8,12 @@ key fails here rather than on the cluster.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from strata.storage import fs
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -105,7 +108,11 @@ def _register_k8s(targets: argparse._SubParsersAction) -> None:
     )
     _common(p)
     p.add_argument("--image", required=True, help="container image with strata installed")
-    p.add_argument("--out", default="", help="directory for the manifests (default k8s/<name>)")
+    p.add_argument(
+        "--out", default="",
+        help="directory for the manifests (default RUN_DIR/k8s, i.e. runs/<name>/k8s for a local run_dir: "
+        "outside the source tree's tracked k8s/ folder)",
+    )
     p.add_argument("--name", default="", help="Kubernetes name of the job (default: the config's name)")
     p.add_argument("--namespace", default="", help="namespace of every object (default: kubectl's)")
     p.add_argument("--cpu", default="4", help="CPU request per pod (default 4)")
@@ -134,7 +141,10 @@ def run_k8s(args: argparse.Namespace) -> int:
     name = k8s.k8s_name(args.name or job.name)
     config = k8s.pod_config(apply_overrides(load_yaml(args.config), args.overrides), cfg, name)
     from_dict(JobConfig, config)  # what the pods will read must still be a valid job
-    out = args.out or os.path.join("k8s", name)
+    unseen = k8s.store_unseen_by_pods(config, cfg)
+    if unseen:
+        log.warning("%s", unseen)
+    out = args.out or os.path.join(_local_run_dir(job.run_dir, job.name), "k8s")
     files = k8s.manifests(cfg, name, config)
     for filename, documents in files.items():
         fs.write_text(fs.join(out, filename), k8s.dump(documents))
