@@ -15,6 +15,7 @@ O(chunk + k * D + N) for the labels.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +26,11 @@ from tqdm.auto import tqdm
 from strata.errors import PartitionError
 from strata.partitioners.report import Balance
 from strata.storage.store import DatasetStore
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_SECONDS = 30.0
+"""Without a progress bar, how often a long clustering says which pass it is on."""
 
 
 @dataclass
@@ -116,7 +122,11 @@ def kmeans(read: ReadRows, num_rows: int, cfg: KMeansConfig, *, width: int = 1, 
     centres = _init(read, num_rows, cfg, rng)
     seen = np.zeros(k, dtype=np.int64)
     chunks = list(range(0, num_rows, cfg.chunk_rows))
-    for _ in tqdm(range(cfg.epochs), desc="kmeans", unit="epoch", disable=not progress):
+    logged = started
+    for epoch in tqdm(range(cfg.epochs), desc="kmeans", unit="epoch", disable=not progress):
+        if not progress and time.perf_counter() - logged >= LOG_EVERY_SECONDS:  # no bar: a line in the log now and then
+            logged = time.perf_counter()
+            log.info("kmeans: pass %d of %d over %s rows, %.0fs so far", epoch + 1, cfg.epochs, f"{num_rows:,}", logged - started)
         for start in rng.permutation(chunks).tolist():
             rows = _rows(read, start, min(start + cfg.chunk_rows, num_rows))
             rows = rows[rng.permutation(len(rows))]

@@ -66,7 +66,7 @@ class ProgressLog:
         self.postfix = dict(ordered_dict or {})
 
     def close(self) -> None:
-        if self.n > self.logged_n and log.isEnabledFor(logging.INFO):
+        if self.n > self.first and log.isEnabledFor(logging.INFO):
             self._write(self.clock(), done=True)
 
     def line(self, now: float, *, done: bool = False) -> str:

@@ -52,3 +52,19 @@ def test_kmeans_bad_input() -> None:
         KMeansConfig(num_clusters=0)
     result = cluster_array(np.zeros((5, 2), np.float32), KMeansConfig(num_clusters=2))
     assert sum(result.report.sizes) == 5
+
+
+def test_a_long_clustering_without_a_bar_logs_its_passes(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from strata.partitioners import clustering
+
+    x, _ = _blobs(300, 3, 4)
+    cfg = KMeansConfig(num_clusters=3, epochs=3, seed=1)
+    caplog.set_level(logging.INFO, logger="strata.partitioners.clustering")
+    plain = cluster_array(x, cfg)
+    assert caplog.records == []  # quick: nothing to say
+    monkeypatch.setattr(clustering, "LOG_EVERY_SECONDS", 0.0)
+    logged = cluster_array(x, cfg)
+    assert [r.getMessage().split(",")[0] for r in caplog.records] == [f"kmeans: pass {i} of 3 over 300 rows" for i in (1, 2, 3)]
+    np.testing.assert_array_equal(plain.labels, logged.labels)  # the lines change nothing

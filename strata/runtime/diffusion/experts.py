@@ -175,6 +175,8 @@ def cluster_labels(store_url: str, cfg: ExpertsConfig, url: str, *, progress: bo
             )
         return labels
     kmeans = KMeansConfig(num_clusters=cfg.num_experts, epochs=cfg.cluster_epochs, seed=cfg.cluster_seed)
+    log.info("experts: clustering %s images into %d clusters (%d k-means passes)", f"{int(info['shape'][0]):,}",
+             cfg.num_experts, cfg.cluster_epochs)
     result = cluster_store(store, IMAGES, kmeans, progress=progress)
     log.info("experts: %s", result.report.format())
     if result.report.empty_clusters:
@@ -388,6 +390,8 @@ class ExpertsStage:
         for i in layout.experts[group]:
             rows = (self.clusters == i).nonzero().squeeze(1)
             metrics.log("expert_start", expert=i, images=len(rows), ranks=list(layout.groups[group]))
+            log.info("experts: expert %d of %d: %s images, %d steps, rank(s) %s", i, len(self.sizes), f"{len(rows):,}",
+                     self.cfg.steps, ", ".join(map(str, layout.groups[group])))
             result = fit(
                 subset(self.data, rows), self.model_cfg, self.noise_cfg, self.cfg,
                 replace(self.ckpt_cfg, dir=paths.expert_checkpoints(i)), comm=group_comm, metrics=metrics,
