@@ -16,6 +16,18 @@ from tests.helpers.paths import require_planetoid
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip, saying why, where torch sees no CUDA device."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="marked cuda: torch sees no CUDA device on this machine")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
+
+
 @pytest.fixture(params=["local", "memory"])
 def store_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A directory URL for stores: a local path, then memory://."""
