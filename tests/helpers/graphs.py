@@ -40,3 +40,22 @@ def random_node_data(
         splits={k: torch.from_numpy(v) for k, v in g.splits.items()},
         num_classes=num_classes,
     )
+
+
+def awkward_csc(num_src: int, num_dst: int, num_edges: int, seed: int = 0):
+    """``(indptr, indices)`` of a Block-shaped CSC (dst nodes first among ``num_src`` src nodes)
+    with every case a graph kernel can get wrong: isolated nodes (the last 3 src nodes have no
+    edges at all), dst nodes with no in-edges (the first 2), self loops, multi-edges (some
+    triple), and rows in no order."""
+    rng = np.random.default_rng(seed)
+    dst = rng.integers(2, min(num_dst, num_src - 3), num_edges)
+    src = rng.integers(0, num_src - 3, num_edges)
+    loops = rng.choice(num_edges, num_edges // 10, replace=False)
+    src[loops] = np.minimum(dst[loops], num_src - 4)  # self loops (where dst is not isolated)
+    twice = rng.choice(num_edges, num_edges // 10, replace=False)
+    src = np.concatenate([src, src[twice], src[twice[:3]]])  # multi-edges, some triple
+    dst = np.concatenate([dst, dst[twice], dst[twice[:3]]])
+    order = np.argsort(dst, kind="stable")  # CSC: grouped by dst, each row in random src order
+    indptr = np.zeros(num_dst + 1, dtype=np.int64)
+    np.cumsum(np.bincount(dst, minlength=num_dst), out=indptr[1:])
+    return indptr, src[order].astype(np.int64)
