@@ -9,16 +9,24 @@ What goes into a shard is the training loop's business; the file format is
 
 from __future__ import annotations
 
+import json
 import logging
+import socket
+import time
+import uuid
 from typing import Any
 
 import numpy as np
 
 from strata.errors import CheckpointError
 from strata.runtime.dist.comm import Comm
-from strata.storage import checkpoint
+from strata.storage import checkpoint, fs
 
 log = logging.getLogger(__name__)
+
+RUN_RECORD = "RUN.json"
+"""Beside the checkpoints: which run they belong to (an id, when and where it started, and
+the config that matters for resuming it)."""
 
 
 def save(root: str, step: int, shard: dict[str, Any], *, keep: int, comm: Comm) -> None:
@@ -84,3 +92,62 @@ def rank_seed(seed: int, rank: int) -> int:
     """A seed of its own for each rank (replicas must draw different dropout masks), a pure
     function of (seed, rank)."""
     return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def claim(root: str, identity: dict[str, Any], comm: Comm, *, resume: bool, overwrite: bool) -> None:
+    """Make the checkpoints under ``root`` this run's, before any is read or written.
+
+    A fresh run refuses a directory holding another run's complete checkpoints unless asked to
+    ``overwrite`` them (they are deleted then); a resumed run refuses checkpoints whose run
+    was configured otherwise (``identity``: the config that matters for resuming). Rank 0
+    decides; every rank stops together on a refusal."""
+    flat = _flatten(json.loads(json.dumps(identity, default=str)))
+    refusal = _claim(root, flat, resume=resume, overwrite=overwrite) if comm.rank == 0 else ""
+    if comm.broadcast_int(1 if refusal else 0):
+        raise CheckpointError(refusal or f"rank 0 refused the checkpoints under '{root}' (its error says why)")
+
+
+def _claim(root: str, identity: dict[str, Any], *, resume: bool, overwrite: bool) -> str:
+    record_url = fs.join(root, RUN_RECORD)
+    record = json.loads(fs.read_text(record_url)) if fs.exists(record_url) else None
+    steps = checkpoint.complete_steps(root) if fs.exists(root) else []
+    if resume and steps:
+        differ = [key for key in sorted(set(identity) | set((record or {}).get("config", {})))
+                  if record is not None and record["config"].get(key) != identity.get(key)]
+        if differ:
+            shown = "; ".join(f"{key}: {record['config'].get(key)!r} there, {identity.get(key)!r} now" for key in differ[:3])
+            return (
+                f"the checkpoints under '{root}' belong to run {record['run_id']}, configured otherwise ({shown}); "
+                "resume it with its own config, or start this one in another run_dir"
+            )
+        if record is not None:
+            return ""
+    elif steps and not overwrite:
+        owner = f"run {record['run_id']} (started {_when(record['started'])} on {record['host']})" if record else "an earlier run"
+        return (
+            f"'{root}' holds the checkpoints of {owner}, newest step {steps[-1]}. To continue that run add --resume; "
+            "to start over here add --overwrite (its checkpoints are deleted); or give this run another run_dir"
+        )
+    elif steps:
+        log.warning("deleting the %d checkpoints under %s (--overwrite): this run starts over", len(steps), root)
+        for step in steps:
+            fs.remove(checkpoint.step_dir(root, step))
+    fs.makedirs(root)
+    mine = {"run_id": uuid.uuid4().hex[:12], "started": time.time(), "host": socket.gethostname(), "config": identity}
+    fs.write_atomically(record_url, json.dumps(mine, indent=1, sort_keys=True))
+    return ""
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+
+
+def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"lr": 0.1}}`` as ``{"train.lr": 0.1}``, so a difference names its key."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out

@@ -125,6 +125,11 @@ class LoopConfig:
     """Complete checkpoints kept; 0 = all."""
     progress: bool = False
     desc: str = "train"
+    identity: dict[str, Any] | None = None
+    """The config that matters for resuming, recorded beside the checkpoints; a fresh run then
+    refuses a directory holding another run's checkpoints (see checkpointing.claim). None = no check."""
+    overwrite: bool = False
+    """A fresh run deletes another run's checkpoints instead of refusing them."""
 
 
 @dataclass
@@ -239,6 +244,8 @@ def run_loop(
     The metrics log gets a ``start`` record (``start_record`` and the step it resumed at) once
     the newest checkpoint, if any, is restored."""
     state = LoopState()
+    if cfg.identity is not None:
+        checkpointing.claim(cfg.checkpoint_dir, cfg.identity, comm, resume=resume, overwrite=cfg.overwrite)
     if resume:
         state = restore_checkpoint(job, cfg, comm) or state
     metrics.log("start", resumed_at=state.step, **(start_record or {}))

@@ -86,3 +86,43 @@ def test_every_rank_falls_back_together_when_one_rank_shard_is_damaged(tmp_path:
     run_workers(_save_worker, 2, str(tmp_path))
     _flip_a_byte(tmp_path, 2, 1)
     assert run_workers(_restore_worker, 2, str(tmp_path)) == [1, 1]
+
+
+def _train(store: str, run_dir: Path, **kwargs):
+    from strata.models.config import ModelConfig
+    from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
+    from strata.runtime.gnn.config import TrainConfig
+    from strata.runtime.gnn.trainer import train_node_classifier
+
+    train = TrainConfig(executor="full", epochs=kwargs.pop("epochs", 4), seed=kwargs.pop("seed", 0), lr=kwargs.pop("lr", 0.01))
+    return train_node_classifier(DataConfig(store=store), ModelConfig(name="gcn", hidden=8), train,
+                                 CheckpointConfig(every_steps=1, keep=2), MetricsConfig(), run_dir=str(run_dir),
+                                 progress=False, **kwargs)
+
+
+@pytest.fixture
+def graph_store(tmp_path: Path) -> str:
+    from strata.storage.ingest.common import write_graph_data
+    from tests.helpers.graphs import random_graph
+
+    write_graph_data(random_graph(60, 240), str(tmp_path / "store"), "g", symmetrize=True)
+    return str(tmp_path / "store")
+
+
+def test_a_fresh_run_into_another_runs_directory_is_refused_and_loses_nothing(graph_store: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    _train(graph_store, run_dir, epochs=6)
+    root = str(run_dir / "checkpoints")
+    before = checkpoint.complete_steps(root)
+    with pytest.raises(CheckpointError, match=r"holds the checkpoints of run \w+ \(started .*\), newest step 6\. To continue that run "
+                       r"add --resume; to start over here add --overwrite"):
+        _train(graph_store, run_dir, epochs=2, seed=1)
+    assert checkpoint.complete_steps(root) == before == [5, 6]
+    # Going on with the same run is fine (more epochs do not make it another run) ...
+    assert _train(graph_store, run_dir, epochs=8, resume=True).steps == 8
+    # ... a changed learning rate does.
+    with pytest.raises(CheckpointError, match=r"configured otherwise \(train.lr: 0.01 there, 0.5 now\)"):
+        _train(graph_store, run_dir, epochs=9, lr=0.5, resume=True)
+    # --overwrite starts over: the old run's checkpoints are gone, the new run's are kept.
+    assert _train(graph_store, run_dir, epochs=2, seed=1, overwrite=True).steps == 2
+    assert checkpoint.complete_steps(root) == [1, 2]

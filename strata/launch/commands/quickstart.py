@@ -64,14 +64,15 @@ def _train_here(job_url: str, progress: bool) -> dict[str, Any]:
 
     job = load_job(job_url)
     result = train_node_classifier(
-        job.data, job.model, job.train, job.checkpoint, job.metrics, run_dir=job.run_dir, progress=progress
+        job.data, job.model, job.train, job.checkpoint, job.metrics, run_dir=job.run_dir, progress=progress,
+        overwrite=True,  # the quickstart starts over each time, as it regenerates its store
     )
     return asdict(result)
 
 
 def _train_processes(job_url: str, nproc: int, quiet: bool) -> dict[str, Any]:
     command = [
-        sys.executable, "-m", "strata.launch.cli", "train", job_url, "--nproc-per-node", str(nproc), "--json",
+        sys.executable, "-m", "strata.launch.cli", "train", job_url, "--nproc-per-node", str(nproc), "--json", "--overwrite",
         *(["-q"] if quiet else []),
     ]
     print(f"training on {nproc} processes: strata train {job_url} --nproc-per-node {nproc}")
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"GraphSAGE: test accuracy {result['test_acc']:.4f} (validation {result['val_acc']:.4f}, best epoch {result['best_epoch']})")
     print(f"throughput: {result['samples_per_second']:,.0f} training nodes/s over {result['steps']} steps{on}")
     print(f"store:       {store}")
-    print(f"job config:  {job_url} (run it again with 'strata train {job_url}')")
+    print(f"job config:  {job_url} (train it again with 'strata train {job_url} --overwrite', or go on with --resume)")
     print(f"checkpoints: {result['checkpoint_dir']}")
     ports = ""
     if args.metrics_port:

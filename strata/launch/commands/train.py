@@ -22,6 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="path or URL of the YAML job config")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint, if any")
     p.add_argument(
+        "--overwrite", action="store_true",
+        help="start over in a run directory that holds another run's checkpoints, deleting them "
+        "(without it such a directory is refused: nothing of the earlier run is lost by accident)",
+    )
+    p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set train.seed=3 (repeatable)",
     )
@@ -39,7 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def worker_argv(args: argparse.Namespace) -> list[str]:
     """The command line each process of ``--nproc-per-node`` runs: this one without that option."""
     argv = ["-v"] if getattr(args, "verbose", False) else []
-    argv += ["train", args.config, *(["--resume"] if args.resume else [])]
+    argv += ["train", args.config, *(["--resume"] if args.resume else []), *(["--overwrite"] if args.overwrite else [])]
     for item in args.overrides:
         argv += ["--set", item]
     return argv + (["--json"] if args.json else []) + (["-q"] if args.quiet else [])
@@ -119,7 +124,7 @@ def _run_job(job, topology, args: argparse.Namespace) -> int:
         result = train_node_classifier(
             job.data, job.model, job.train, job.checkpoint, job.metrics,
             run_dir=job.run_dir, resume=args.resume, progress=show_progress(args), topology=topology,
-            features=job.features, pipeline=job.pipeline,
+            features=job.features, pipeline=job.pipeline, overwrite=args.overwrite,
         )
     if not topology.is_main:
         return 0
@@ -148,6 +153,7 @@ def _run_diffusion(job, topology, args: argparse.Namespace) -> int:
         result = train_diffusion(
             job.data, job.diffusion_model, job.noise, job.diffusion, job.checkpoint, job.metrics,
             run_dir=job.run_dir, resume=args.resume, progress=show_progress(args), topology=topology,
+            overwrite=args.overwrite,
         )
     if not topology.is_main:
         return 0

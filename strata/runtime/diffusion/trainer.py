@@ -137,6 +137,7 @@ def train_diffusion(
     progress: bool = True,
     topology: Topology | None = None,
     on_step: Callable[[LoopState], None] | None = None,
+    overwrite: bool = False,
 ) -> DiffusionResult:
     """Train a diffusion model on every rank of ``topology`` (default: this one process).
 
@@ -165,7 +166,7 @@ def train_diffusion(
         result = fit(
             data, model_cfg, noise_cfg, cfg, ckpt_cfg, comm=comm, metrics=metrics, run_dir=run_dir, device=topology.device,
             resume=resume or topology.restart_count > 0, progress=progress and topology.is_main, on_step=on_step,
-            start_record=start,
+            start_record=start, identity=resume_identity(data_cfg, model_cfg, noise_cfg, cfg), overwrite=overwrite,
         )
         result.comm_bytes = comm.bytes_over_ranks()
         result.metrics_log, result.metrics_port = jsonl, metrics.port
@@ -255,9 +256,12 @@ def fit(
     progress: bool = False,
     on_step: Callable[[LoopState], None] | None = None,
     start_record: dict[str, Any] | None = None,
+    identity: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> DiffusionResult:
     """Train one model on ``data`` over the ranks of ``comm`` (the whole job, or one expert's
-    group), checkpointing under ``run_dir`` unless ``ckpt_cfg.dir`` says otherwise."""
+    group), checkpointing under ``run_dir`` unless ``ckpt_cfg.dir`` says otherwise. With an
+    ``identity``, the checkpoints are claimed for this run (see checkpointing.claim)."""
     ckpt_root = ckpt_cfg.dir or fs.join(run_dir, "checkpoints")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     model = build_diffusion(model_cfg).to(device)
@@ -271,6 +275,7 @@ def fit(
         loop_cfg = LoopConfig(
             epochs=0, max_steps=cfg.steps, grad_accum=cfg.grad_accum, bf16=bf16 and engine_name(cfg) != "deepspeed",
             checkpoint_dir=ckpt_root, every_steps=ckpt_cfg.every_steps, keep=ckpt_cfg.keep, progress=progress,
+            identity=identity, overwrite=overwrite,
         )
         state = run_loop(job, loop_cfg, comm=comm, metrics=metrics, device=device, resume=resume, on_step=on_step,
                          start_record=start_record)
@@ -286,6 +291,17 @@ def fit(
     finally:
         if engine is not None:
             engine.close()
+
+
+RUN_LENGTH_KEYS = ("steps", "log_every", "sample_every", "sample_per_class", "sample_steps", "guidance_scale", "image_cache_mb")
+"""diffusion keys a resumed run may change: how long it goes on and what it reports."""
+
+
+def resume_identity(data_cfg: DataConfig, model_cfg: DiffusionModelConfig, noise_cfg: NoiseConfig,
+                    cfg: DiffusionTrainConfig) -> dict[str, Any]:
+    """What must stay the same for a run to resume another's checkpoints."""
+    train = {key: value for key, value in asdict(cfg).items() if key not in RUN_LENGTH_KEYS}
+    return {"data": asdict(data_cfg), "diffusion_model": asdict(model_cfg), "noise": asdict(noise_cfg), "diffusion": train}
 
 
 def executor_label(cfg: DiffusionTrainConfig) -> str:

@@ -154,6 +154,16 @@ def _check_world(cfg: TrainConfig, topology: Topology) -> None:
         )
 
 
+RUN_LENGTH_KEYS = ("epochs", "max_steps", "patience")
+"""train keys a resumed run may change: they say how long to go on, not what is trained."""
+
+
+def resume_identity(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig) -> dict[str, Any]:
+    """What must stay the same for a run to resume another's checkpoints."""
+    train = {key: value for key, value in asdict(cfg).items() if key not in RUN_LENGTH_KEYS}
+    return {"data": asdict(data_cfg), "model": asdict(model_cfg), "train": train}
+
+
 def _check_training_nodes(meta: DatasetMeta, store: str) -> None:
     shape = meta.arrays.get(layout.split_key("train"), {}).get("shape", [0])
     if not shape or shape[0] == 0:
@@ -184,11 +194,13 @@ def train_node_classifier(
     on_step: Callable[[LoopState], None] | None = None,
     features: FeaturesConfig | None = None,
     pipeline: PipelineConfig | None = None,
+    overwrite: bool = False,
 ) -> TrainResult:
     """Train on every rank of ``topology`` (default: this one process).
 
     A torchrun restart (``topology.restart_count`` > 0) resumes like ``resume=True``.
-    ``on_step`` is called after every step, with the loop state, on every rank.
+    ``on_step`` is called after every step, with the loop state, on every rank. A fresh run
+    refuses a checkpoint directory holding another run's checkpoints unless ``overwrite``.
     """
     topology = topology or single_process()
     _check_world(cfg, topology)
@@ -221,6 +233,7 @@ def train_node_classifier(
             epochs=cfg.epochs, max_steps=cfg.max_steps, grad_accum=cfg.grad_accum,
             bf16=resolve_bf16(cfg.precision, topology.device, section="train"), checkpoint_dir=ckpt_root,
             every_steps=ckpt_cfg.every_steps, keep=ckpt_cfg.keep, progress=progress and topology.is_main,
+            identity=resume_identity(data_cfg, model_cfg, cfg), overwrite=overwrite,
         )
         start = {
             "config": {"data": asdict(data_cfg), "model": asdict(model_cfg), "train": asdict(cfg)},

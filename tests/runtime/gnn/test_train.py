@@ -106,7 +106,7 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path: Path, small_store: str
 
 def test_quickstart_reports_accuracy_and_locations(tmp_path: Path) -> None:
     proc = run_strata("quickstart", "--workdir", str(tmp_path), "--nodes", "3000", "--epochs", "4", "-q")
-    line = next(l for l in proc.stdout.splitlines() if "test accuracy" in l)
+    line = next(text for text in proc.stdout.splitlines() if "test accuracy" in text)
     accuracy = float(line.split("test accuracy")[1].split()[0])
     assert accuracy > 0.6  # 8 classes: chance is 0.125
     assert "training nodes/s" in proc.stdout
@@ -129,3 +129,13 @@ def test_every_command_explains_itself() -> None:
         assert text.startswith(f"usage: strata {name}")
         assert parser.description and parser.description.split()[0] in text
         assert len(text.splitlines()) > 4
+
+
+def test_a_second_fresh_run_into_the_same_run_directory_is_refused_until_overwrite(tmp_path: Path, small_store: str) -> None:
+    cfg = _job(tmp_path, small_store, "twice", 1, 10)
+    run_strata("train", str(cfg), "-q", cwd=tmp_path)
+    again = run_strata("train", str(cfg), "-q", "--set", "train.seed=8", cwd=tmp_path, check=False)
+    assert again.returncode == 2
+    assert "holds the checkpoints of run" in again.stderr and "add --resume" in again.stderr and "Traceback" not in again.stderr
+    over = run_strata("train", str(cfg), "-q", "--set", "train.seed=8", "--overwrite", cwd=tmp_path)
+    assert "done: 1 epochs" in over.stdout
