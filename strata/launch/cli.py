@@ -108,6 +108,23 @@ def report_error(message: str, rank: int, env: Mapping[str, str]) -> None:
         log.debug("error on rank %d: %s", rank, message)
 
 
+def _one_of_several(env: Mapping[str, str]) -> bool:
+    """Whether this process is one of a job of several (a launcher's WORLD_SIZE or SLURM_NTASKS > 1)."""
+    size = env.get("WORLD_SIZE") or env.get("SLURM_NTASKS") or "1"
+    return size.isdigit() and int(size) > 1
+
+
+def _leave(code: int) -> None:
+    """Exit at once, once the error is said and the output flushed. A rank that failed while its
+    peers were still in the process group can abort in gloo's teardown at interpreter exit
+    ("terminate called without an active exception", exit -6), which hides the exit status and
+    adds a line that is not strata's; the job has failed either way and nothing is left to write."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("DGLBACKEND", "pytorch")
     _quiet_third_party()
@@ -122,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except StrataError as exc:
         report_error(str(exc), rank, os.environ)
+        if _one_of_several(os.environ):
+            _leave(2)
         return 2
     except KeyboardInterrupt:
         if rank == 0:

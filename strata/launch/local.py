@@ -67,7 +67,7 @@ def _silence_agent() -> None:
 
 def _report_failures(exc) -> int:
     """Rank 0 printed its own error; say each other rank's once, where it differs from rank 0's
-    (a rank that failed alone), and return the first failure's exit code."""
+    (a rank that failed alone), and return the exit status of the job."""
     failures = sorted(exc.failures.items())
     messages = {rank: _message(failure) for rank, failure in failures}
     said = {messages.get(0, "")}
@@ -77,8 +77,9 @@ def _report_failures(exc) -> int:
             continue
         said.add(text)
         print(f"strata: error (rank {rank}): {text}", file=sys.stderr)
-    _, first = exc.get_first_failure()
-    return first.exitcode if first.exitcode > 0 else 1
+    # Rank 0's status when it exited with one, else the lowest rank's; signals (the agent's SIGTERM) count as 1.
+    codes = [failure.exitcode for _, failure in failures if failure.exitcode > 0]
+    return codes[0] if codes else 1
 
 
 def _message(failure) -> str:
