@@ -48,14 +48,14 @@ class SparsePlan:
     def to_entries(self, values: Tensor) -> Tensor:
         """Per-edge values (E, F) summed into their entries.  (U, F)"""
         if self.edge_order is not None:
-            values = values[self.edge_order]
+            values = values.index_select(0, self.edge_order)
         if self.entry_offsets is not None:
             values = torch.segment_reduce(values, "sum", offsets=self.entry_offsets, axis=0, unsafe=True)
         return values
 
     def to_edges(self, values: Tensor) -> Tensor:
         """Per-entry values (U, F) read back for every edge.  (E, F)"""
-        return values if self.edge_entry is None else values[self.edge_entry]
+        return values if self.edge_entry is None else values.index_select(0, self.edge_entry)
 
 
 def sparse_plan(block: Block) -> SparsePlan:
@@ -140,7 +140,7 @@ def _forward_product(plan: SparsePlan, values: Tensor, dense: Tensor) -> Tensor:
 
 def _backward_product(plan: SparsePlan, values: Tensor, dense: Tensor) -> Tensor:
     """A^T @ dense with A's entries ``values`` (U,), through the transposed CSR.  (num_src, F)"""
-    return _spmm(plan.t_crow, plan.t_col, values[plan.t_entry], (plan.num_src, plan.num_dst), dense)
+    return _spmm(plan.t_crow, plan.t_col, values.index_select(0, plan.t_entry), (plan.num_src, plan.num_dst), dense)
 
 
 class _CopySum(torch.autograd.Function):
@@ -191,8 +191,8 @@ class _EdgeSoftmax(torch.autograd.Function):
     def forward(ctx: FunctionCtx, block: Block, scores: Tensor) -> Tensor:
         dst = block.edge_dst()
         top = torch.segment_reduce(scores, "max", offsets=block.indptr, axis=0, unsafe=True)  # (num_dst, F)
-        exp = (scores - top[dst]).exp_()  # (E, F)
-        attention = exp.div_(_segment_sum(exp, block.indptr)[dst])
+        exp = (scores - top.index_select(0, dst)).exp_()  # (E, F)
+        attention = exp.div_(_segment_sum(exp, block.indptr).index_select(0, dst))
         ctx.block = block
         ctx.save_for_backward(attention)
         return attention
@@ -203,14 +203,14 @@ class _EdgeSoftmax(torch.autograd.Function):
         block = ctx.block
         with torch.autocast(grad.device.type, enabled=False):
             weighted = grad * attention  # (E, F)
-            return None, weighted - attention * _segment_sum(weighted, block.indptr)[block.edge_dst()]
+            return None, weighted - attention * _segment_sum(weighted, block.indptr).index_select(0, block.edge_dst())
 
 
 class _UAddV(torch.autograd.Function):
     @staticmethod
     def forward(ctx: FunctionCtx, block: Block, src_values: Tensor, dst_values: Tensor) -> Tensor:
         ctx.block = block
-        return src_values.index_select(0, block.indices) + dst_values.index_select(0, block.edge_dst())
+        return src_values.index_select(0, block.indices).add_(dst_values.index_select(0, block.edge_dst()))
 
     @staticmethod
     def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[None, Tensor | None, Tensor | None]:
@@ -218,8 +218,11 @@ class _UAddV(torch.autograd.Function):
         grad_src = grad_dst = None
         with torch.autocast(grad.device.type, enabled=False):
             if ctx.needs_input_grad[1]:
+                # Each src node's out-edges, as a product with the (num_src, E) matrix that picks them:
+                # the transposed CSR's rows, whose edge ids ascend within a row (sorted, unique).
                 t = block.transposed()
-                grad_src = _segment_sum(grad[t.edge_ids], t.indptr)  # (num_src, F) over each src node's out-edges
+                pick = torch.ones(block.num_edges, dtype=grad.dtype, device=grad.device)
+                grad_src = _spmm(t.indptr, t.edge_ids, pick, (block.num_src, block.num_edges), grad)  # (num_src, F)
             if ctx.needs_input_grad[2]:
                 grad_dst = _segment_sum(grad, block.indptr)  # (num_dst, F) over each dst node's in-edges
         return None, grad_src, grad_dst
