@@ -114,10 +114,19 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+
+
+def _spend_the_beta_warning() -> None:
+    """torch warns once per process, at the first sparse CSR tensor, that CSR support is "beta".
+    The kernels here are tested against DGL's, so the warning is spent here, at import (one
+    thread), on a 1x1 matrix, rather than shown to a user or filtered at every call."""
     with warnings.catch_warnings():
-        # torch warns once that sparse CSR is "beta"; the kernels here are tested against DGL's.
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(crow, col, values, size=size, check_invariants=False)
+        _csr(torch.tensor([0, 1]), torch.tensor([0]), torch.ones(1), (1, 1))
+
+
+_spend_the_beta_warning()
 
 
 def _spmm(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int], dense: Tensor) -> Tensor:
@@ -128,9 +137,7 @@ def _spmm(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int], dens
 def _sddmm(plan: SparsePlan, left: Tensor, right: Tensor) -> Tensor:
     """left[dst] . right[src] at every entry: left (num_dst, F), right (num_src, F).  (U,)"""
     pattern = _csr(plan.crow, plan.col, torch.ones(len(plan.col), dtype=left.dtype, device=left.device), (plan.num_dst, plan.num_src))
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse.sampled_addmm(pattern, left.contiguous(), right.t(), beta=0.0).values()
+    return torch.sparse.sampled_addmm(pattern, left.contiguous(), right.t(), beta=0.0).values()
 
 
 def _forward_product(plan: SparsePlan, values: Tensor, dense: Tensor) -> Tensor:
