@@ -121,8 +121,8 @@ def test_resume_at_another_world_size_is_refused(tmp_path: Path, store: str) -> 
 
     run_dir = str(tmp_path / "run")
     train_node_classifier(
-        DataConfig(store=store), ModelConfig(name="gcn", hidden=8), TrainConfig(epochs=1), CheckpointConfig(),
-        MetricsConfig(), run_dir=run_dir, progress=False,
+        DataConfig(store=store), ModelConfig(name="gcn", hidden=8), TrainConfig(executor="graph_parallel", epochs=1),
+        CheckpointConfig(), MetricsConfig(), run_dir=run_dir, progress=False,
     )
     for message in run_workers(_resume_two_ranks, 2, store, run_dir):
         assert "was written by 1 processes but this run has 2" in message
