@@ -1,6 +1,6 @@
 """Running a function on N real processes over gloo, for multi-process tests.
 
-``run_workers(fn, world_size, *args)`` spawns ``world_size`` processes on one free port; each
+``run_workers(fn, world_size, *args)`` starts ``world_size`` processes on one free port; each
 forms the process group from a torchrun-like environment, calls ``fn(topology, *args)`` and
 saves what it returns (tensors, numbers, plain containers). The results come back in rank
 order; a worker's exception fails the test with that worker's traceback. ``start_workers``
@@ -9,6 +9,7 @@ does the same without waiting, for tests that talk to the workers while they run
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import tempfile
 import time
@@ -21,6 +22,16 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.helpers.ports import free_port
+
+# Workers fork from one server process that imported these once per test session, instead of
+# each spawned worker importing torch, DGL and strata afresh (2-3 s of CPU a worker, a few
+# minutes over the suite). The server starts inside ``_env`` below, so the workers it forks
+# have that environment; it only imports, so no OpenMP pool or process group is forked.
+START_METHOD = "forkserver"
+PRELOAD = [
+    "numpy", "torch", "torch.distributed", "strata.runtime.dist.process_group", "strata.runtime.dist.comm",
+    "strata.models.gnn", "strata.runtime.gnn.data", "strata.runtime.loop", "tests.helpers.graphs",
+]
 
 
 def worker_env(rank: int, world_size: int, port: int) -> dict[str, str]:
@@ -56,18 +67,27 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[key] = value
 
 
+@contextmanager
+def worker_start_method() -> Iterator[str]:
+    """The start method to hand ``torch.multiprocessing`` while the block runs: the forkserver,
+    preloaded, started (the first time) in the workers' environment."""
+    # Children inherit the environment: one BLAS/OpenMP thread each on a shared CPU.
+    with _env(OMP_NUM_THREADS="1", DGLBACKEND="pytorch"):
+        multiprocessing.get_context(START_METHOD).set_forkserver_preload(PRELOAD)
+        yield START_METHOD
+
+
 class Workers:
-    """Spawned workers running; :meth:`results` waits for them."""
+    """Workers running; :meth:`results` waits for them."""
 
     def __init__(self, fn: Callable[..., Any], world_size: int, args: tuple) -> None:
         self.name = fn.__name__
         self.world_size = world_size
         self._out = tempfile.TemporaryDirectory(prefix="strata-dist-")
-        # Spawned children inherit the environment: one BLAS/OpenMP thread each on a shared CPU.
-        with _env(OMP_NUM_THREADS="1", DGLBACKEND="pytorch"):
+        with worker_start_method() as method:
             self._context = mp.start_processes(
                 _entry, args=(fn, world_size, free_port(), self._out.name, args), nprocs=world_size, join=False,
-                start_method="spawn",
+                start_method=method,
             )
 
     def alive(self) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch.multiprocessing as mp
 
 from tests.helpers.ports import free_port
-from tests.helpers.workers import worker_env
+from tests.helpers.workers import worker_env, worker_start_method
 
 LATE_RANK, WORLD, LATE_SECONDS = 2, 3, 1.5
 SLOW_JOIN_RANK, SLOW_JOIN_SECONDS = 0, 1.0
@@ -31,7 +31,8 @@ def _leave(rank: int, world_size: int, port: int, out: str) -> None:
 
 
 def test_the_rank_that_hosts_the_store_leaves_after_every_other_rank(tmp_path: Path) -> None:
-    mp.start_processes(_leave, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    with worker_start_method() as method:
+        mp.start_processes(_leave, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, start_method=method)
     times = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in range(WORLD)]
     # Rank 0 was done long before the late rank; it still left after that rank checked out.
     assert times[LATE_RANK]["finished"] - times[0]["finished"] > LATE_SECONDS / 2
@@ -64,6 +65,7 @@ def _join_slowly(rank: int, world_size: int, port: int, out: str) -> None:
 
 
 def test_no_rank_goes_on_before_every_rank_has_joined(tmp_path: Path) -> None:
-    mp.start_processes(_join_slowly, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, start_method="spawn")
+    with worker_start_method() as method:
+        mp.start_processes(_join_slowly, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, start_method=method)
     times = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in range(WORLD)]
     assert min(t["entered"] for t in times) >= times[SLOW_JOIN_RANK]["joined"]
