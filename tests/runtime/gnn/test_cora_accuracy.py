@@ -21,6 +21,8 @@ from statistics import mean
 
 import pytest
 
+from tests.helpers.workers import worker_start_method
+
 SEEDS = range(5)
 
 
@@ -42,23 +44,23 @@ def _test_accuracy(config: str, store: str, run_dir: str, seed: int) -> float:
     return result.test_acc
 
 
-def _mean_test_accuracy(config: str, store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> float:
-    # Spawned workers inherit the environment: one OpenMP thread for torch's and DGL's kernels.
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+def _mean_test_accuracy(config: str, store: str, tmp_path: Path) -> float:
     workers = min(len(SEEDS), os.cpu_count() or 1)
-    spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=spawn, initializer=_one_thread) as pool:
-        runs = [pool.submit(_test_accuracy, config, store, str(tmp_path / str(seed)), seed) for seed in SEEDS]
-        accuracies = [run.result() for run in runs]
+    # The workers' start method sets OMP_NUM_THREADS=1 for torch's and DGL's kernels.
+    with worker_start_method() as method:
+        context = multiprocessing.get_context(method)
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+            runs = [pool.submit(_test_accuracy, config, store, str(tmp_path / str(seed)), seed) for seed in SEEDS]
+            accuracies = [run.result() for run in runs]
     print(f"{config}: test accuracy per seed {accuracies}, mean {mean(accuracies):.4f}")
     return mean(accuracies)
 
 
 @pytest.mark.timeout(1800)
-def test_gcn_on_cora_reaches_the_paper(cora_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _mean_test_accuracy("cora_gcn.yaml", cora_store, tmp_path, monkeypatch) >= 0.800
+def test_gcn_on_cora_reaches_the_paper(cora_store: str, tmp_path: Path) -> None:
+    assert _mean_test_accuracy("cora_gcn.yaml", cora_store, tmp_path) >= 0.800
 
 
 @pytest.mark.timeout(1800)
-def test_gat_on_cora_reaches_the_paper(cora_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert _mean_test_accuracy("cora_gat.yaml", cora_store, tmp_path, monkeypatch) >= 0.815
+def test_gat_on_cora_reaches_the_paper(cora_store: str, tmp_path: Path) -> None:
+    assert _mean_test_accuracy("cora_gat.yaml", cora_store, tmp_path) >= 0.815
