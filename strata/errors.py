@@ -27,3 +27,10 @@ class PartitionError(StrataError):
 
 class PackError(StoreError):
     """A pack of offline-sampled batches is missing, incomplete, corrupt or made for another run."""
+
+
+class Preempted(StrataError):
+    """Training stopped on a signal (SIGTERM, SIGUSR1, SIGINT) after writing a checkpoint."""
+
+    exit_code = 75
+    """EX_TEMPFAIL: try again later (with --resume); distinct from a failure (1, 2)."""

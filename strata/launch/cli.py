@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 
-from strata.errors import StrataError
+from strata.errors import Preempted, StrataError
 
 DESCRIPTION = """\
 strata trains graph neural networks on graphs, and diffusion models on image sets, that
@@ -137,6 +137,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="strata %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return int(args.func(args) or 0)
+    except Preempted as exc:
+        if rank == 0:
+            print(f"strata: {exc}", file=sys.stderr)
+        return Preempted.exit_code
     except StrataError as exc:
         report_error(str(exc), rank, os.environ)
         if _one_of_several(os.environ):

@@ -18,7 +18,7 @@ import sys
 import uuid
 from collections.abc import Sequence
 
-from strata.errors import StrataError
+from strata.errors import Preempted, StrataError
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,11 @@ def run_local(argv: Sequence[str], nproc: int) -> int:
         elastic_launch(config, sys.executable)("-m", "strata.launch.cli", *argv)
     except ChildFailedError as exc:
         return _report_failures(exc)
-    except SignalException as exc:  # the agent stopped the workers on SIGINT/SIGTERM
-        print(f"strata: interrupted ({exc.sigval.name}); the processes were stopped", file=sys.stderr)
-        return 130
+    except SignalException as exc:
+        # The agent passed SIGINT/SIGTERM on to the workers, which finish their step, checkpoint
+        # together and stop (rank 0 said where, above), and waited for them.
+        print(f"strata: {exc.sigval.name} stopped the job; resume it with --resume", file=sys.stderr)
+        return Preempted.exit_code
     return 0
 
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
-from strata.errors import ConfigError, StrataError
+from strata.errors import ConfigError, Preempted, StrataError
 from strata.runtime import checkpointing
 from strata.runtime.config import PRECISIONS
 from strata.runtime.dist.comm import Comm
@@ -130,6 +132,10 @@ class LoopConfig:
     refuses a directory holding another run's checkpoints (see checkpointing.claim). None = no check."""
     overwrite: bool = False
     """A fresh run deletes another run's checkpoints instead of refusing them."""
+    stop_signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+    """Signals that make every rank finish its step, checkpoint together and stop (raising
+    :class:`strata.errors.Preempted`): a scheduler's notice (SLURM's --signal, Kubernetes'
+    SIGTERM before the grace period ends) or ^C. Handled in the main thread only."""
 
 
 @dataclass
@@ -249,29 +255,42 @@ def run_loop(
     if resume:
         state = restore_checkpoint(job, cfg, comm) or state
     metrics.log("start", resumed_at=state.step, **(start_record or {}))
+    stop = StopRequest()
     total = _planned_steps(job, cfg)
     # A bar on a terminal, else a line in the log every half minute (strata.runtime.progress).
     bar = progress_bar(total=total, initial=min(state.step, total), desc=cfg.desc, unit="step", enabled=cfg.progress)
     try:
-        while (cfg.epochs == 0 or state.epoch < cfg.epochs) and not _at_max(state, cfg):
-            epoch_done = _run_epoch(job, state, cfg, comm, metrics, device, bar, on_step)
-            if not epoch_done or cfg.epochs == 0:
-                break
-            stop = job.end_epoch(state)
-            _show(bar, state)  # the finished epoch's mean loss beside its evaluation
-            state.epoch, state.step_in_epoch, state.epoch_loss = state.epoch + 1, 0, 0.0
-            if stop:
-                break
+        with stop.catching(cfg.stop_signals):
+            _run_epochs(job, state, cfg, comm, metrics, device, bar, on_step, stop)
         save_checkpoint(job, state, cfg, comm)
+        if stop.agreed:
+            metrics.log("preempted", step=state.step, signal=stop.name)
+            raise Preempted(
+                f"stopped by {stop.name or 'a signal on another rank'} after step {state.step}; its checkpoint is written "
+                f"under '{cfg.checkpoint_dir}'. Run the same command with --resume to go on"
+            )
         return state
     finally:
         bar.close()
 
 
+def _run_epochs(job: Job, state: LoopState, cfg: LoopConfig, comm: Comm, metrics: TrainingMetrics, device: str,
+                bar: Progress, on_step: Callable[[LoopState], None] | None, stop: StopRequest) -> None:
+    while (cfg.epochs == 0 or state.epoch < cfg.epochs) and not _at_max(state, cfg):
+        epoch_done = _run_epoch(job, state, cfg, comm, metrics, device, bar, on_step, stop)
+        if not epoch_done or cfg.epochs == 0:
+            break
+        finished = job.end_epoch(state)
+        _show(bar, state)  # the finished epoch's mean loss beside its evaluation
+        state.epoch, state.step_in_epoch, state.epoch_loss = state.epoch + 1, 0, 0.0
+        if finished or stop.agreed:
+            break
+
+
 def _run_epoch(job: Job, state: LoopState, cfg: LoopConfig, comm: Comm, metrics: TrainingMetrics, device: str,
-               bar: Progress, on_step: Callable[[LoopState], None] | None) -> bool:
-    """The steps of ``state.epoch`` from ``state.step_in_epoch`` on; False when max_steps
-    stopped it before its end."""
+               bar: Progress, on_step: Callable[[LoopState], None] | None, stop: StopRequest) -> bool:
+    """The steps of ``state.epoch`` from ``state.step_in_epoch`` on; False when max_steps or a
+    stop signal ended it before its end."""
     steps = iter(job.steps(state.epoch, state.step_in_epoch))
     while True:
         if _at_max(state, cfg):
@@ -282,8 +301,10 @@ def _run_epoch(job: Job, state: LoopState, cfg: LoopConfig, comm: Comm, metrics:
             return True
         started = time.perf_counter()
         metrics.data_wait.inc(started - waited)
-        out = train_step(job.executor, micro_batches, comm=comm, device=device, bf16=cfg.bf16)
-        loss = out.loss
+        out = _micro_steps(job.executor, micro_batches, device=device, bf16=cfg.bf16)
+        # One all-reduce per step carries the loss and whether any rank was asked to stop.
+        loss, stopping = comm.sum_floats([out.loss, float(stop.requested)]) if comm.world_size > 1 else (out.loss, stop.requested)
+        stop.agreed = bool(stopping)
         if not math.isfinite(loss):
             raise StrataError(
                 f"the training loss became {loss} at step {state.step + 1} (rank {comm.rank}); nothing after step "
@@ -306,11 +327,21 @@ def _run_epoch(job: Job, state: LoopState, cfg: LoopConfig, comm: Comm, metrics:
         bar.update(1)
         if state.step_in_epoch == 1 or state.step % 10 == 0:
             _show(bar, state)
+        if stop.agreed:
+            return False
 
 
 def train_step(executor: Executor, micro_batches: Sequence[Any], *, comm: Comm, device: str = "cpu", bf16: bool = False) -> StepOutput:
     """One optimizer step over ``micro_batches``, their gradients weighted by their samples.
     Returns the step's global loss (the same on every rank) and this rank's samples."""
+    out = _micro_steps(executor, micro_batches, device=device, bf16=bf16)
+    if comm.world_size > 1:
+        (out.loss,) = comm.sum_floats([out.loss])
+    return out
+
+
+def _micro_steps(executor: Executor, micro_batches: Sequence[Any], *, device: str, bf16: bool) -> StepOutput:
+    """The step on this rank: its share of the loss, its samples."""
     loss, samples = 0.0, 0
     executor.zero_grad()
     for batch, scale in zip(micro_batches, micro_scales(micro_batches)):
@@ -319,8 +350,6 @@ def train_step(executor: Executor, micro_batches: Sequence[Any], *, comm: Comm, 
         loss += out.loss
         samples += out.samples
     executor.optimizer_step()
-    if comm.world_size > 1:
-        (loss,) = comm.sum_floats([loss])
     return StepOutput(loss=loss, samples=samples)
 
 
@@ -351,3 +380,31 @@ def _show(bar: Progress, state: LoopState) -> None:
     shown.update({key: f"{value:.4f}" for key, value in state.scores.items()})
     bar.set_postfix(shown, refresh=False)
 
+
+
+class StopRequest:
+    """A stop asked for by a signal on this rank (``requested``) and agreed by all ranks at a
+    step's end (``agreed``): every rank finishes the same step, then they checkpoint together."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.agreed = False
+        self.name = ""
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested, self.name = True, signal.Signals(signum).name
+        log.warning("%s received: finishing this step, then checkpointing and stopping", self.name)
+
+    @contextlib.contextmanager
+    def catching(self, signals: tuple[int, ...]) -> Iterator[None]:
+        """Handle ``signals`` inside, restoring the previous handlers after (main thread only:
+        elsewhere Python cannot install handlers, and the stop is left to the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {signum: signal.signal(signum, self._handle) for signum in signals}
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)

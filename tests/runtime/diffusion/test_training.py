@@ -84,8 +84,8 @@ def test_ddp_on_two_ranks_reaches_the_single_process_parameters(tmp_path: Path, 
     _close(out[1]["model"], single["model"])
     _close(out[0]["ema"], single["ema"])
     params = sum(t.numel() for t in single["model"].values())
-    # Each step all-reduces every gradient (4 bytes each) plus one float64 loss.
-    assert out[0]["bytes"]["all_reduce"] == TRAIN.steps * (4 * params + 8)
+    # Each step all-reduces every gradient (4 bytes each), then the loop's float64 loss and stop flag.
+    assert out[0]["bytes"]["all_reduce"] == TRAIN.steps * (4 * params + 16)
 
 
 @pytest.mark.slow
