@@ -20,7 +20,8 @@ import subprocess
 import sys
 import time
 import urllib.parse
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -248,12 +249,13 @@ def test_prometheus_sees_both_ranks_rise_and_every_expression_evaluates(run: dic
         # alert must settle on exactly the faulty rank.
         seen: list[set] = []
 
-        def picks(expr: str = expr) -> set:
+        def picks(expr: str = expr, seen: list[set] = seen) -> set:
             seen.append({(r["metric"]["job"], r["metric"]["rank"]) for r in _query(prometheus, expr)})
             return seen[-1]
 
+        want = expected[alert]
         try:
-            _wait(f"{alert} to pick exactly {sorted(expected[alert])}", lambda: picks() == expected[alert], timeout=60)
+            _wait(f"{alert} to pick exactly {sorted(want)}", lambda picks=picks, want=want: picks() == want, timeout=60)
         except AssertionError as exc:
             raise AssertionError(f"{alert} picked {seen[-1]}, not {expected[alert]}") from exc
     state = json.loads(http_get(f"{prometheus}/api/v1/rules"))["data"]["groups"]

@@ -8,11 +8,9 @@ import numpy as np
 import pytest
 
 from strata.errors import PartitionError, StoreError
-from strata.partitioners.assign import assign
-from strata.partitioners.build import build
 from strata.partitioners import format as pformat
-from strata.partitioners.assign import PARTITIONERS
-from strata.partitioners.build import partition_store
+from strata.partitioners.assign import PARTITIONERS, assign
+from strata.partitioners.build import build, partition_store
 from strata.partitioners.config import PartitionConfig
 from strata.partitioners.format import list_partitions, open_partition
 from strata.partitioners.graph import CSCGraph

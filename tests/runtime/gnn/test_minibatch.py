@@ -45,7 +45,7 @@ def _ddp_steps_of(topology, name: str) -> dict:
     batches = make_batches(rank_data(data, topology.rank, topology.world_size, cfg.seed), cfg, model.num_graph_layers)
     executor = DataParallelExecutor("minibatch", model, data, batches, comm, torch.optim.Adam(model.parameters(), lr=0.01))
     spread, seeds, losses = [], [], []
-    for step, batch in zip(range(STEPS), executor.epoch(0, 0)):
+    for _step, batch in zip(range(STEPS), executor.epoch(0, 0)):
         seeds.append(batch.graphs[-1].dstdata["_ID"].clone())
         losses.append(train_step(executor, [batch], comm=comm).loss)
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])

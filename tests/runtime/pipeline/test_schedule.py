@@ -22,7 +22,7 @@ from strata.runtime.pipeline.schedule import (
 @pytest.mark.parametrize("chunks", [1, 2, 3, 4, 7, 16])
 def test_every_chunk_passes_every_stage_once(name: str, stages: int, chunks: int) -> None:
     programs = [SCHEDULES[name](s, stages, chunks) for s in range(stages)]
-    for s, program in enumerate(programs):
+    for _s, program in enumerate(programs):
         forwards = [op.chunk for op in program if isinstance(op, Forward)]
         backwards = [op.chunk for op in program if isinstance(op, Backward)]
         assert sorted(forwards) == list(range(chunks)) and sorted(backwards) == list(range(chunks))
