@@ -6,7 +6,8 @@ what happens after a step and at the end of an epoch, and what its checkpoint ho
 owns what is the same everywhere: step timing and metrics, gradient accumulation (a step is
 ``grad_accum`` micro-batches whose gradients add up to the whole batch's), mixed precision
 (autocast), stopping at ``max_steps`` or a non-finite loss, checkpoint cadence and retention,
-resume from the newest complete checkpoint, ``on_step`` and the progress bar.
+which run owns the checkpoints, resume from the newest intact checkpoint, a checkpoint and a
+clean stop on SIGTERM/SIGUSR1/SIGINT agreed by every rank, ``on_step`` and the progress bar.
 
 Every random choice of a job is a pure function of (seed, epoch, step) or lives in the torch
 RNG state that the checkpoint carries, so a resumed run makes exactly the steps the
@@ -35,6 +36,7 @@ from strata.runtime.metrics import TrainingMetrics
 from strata.runtime.progress import Progress, progress_bar
 
 log = logging.getLogger(__name__)
+
 
 @dataclass
 class StepOutput:
