@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -115,10 +116,16 @@ def _one_of_several(env: Mapping[str, str]) -> bool:
 
 
 def _leave(code: int) -> None:
-    """Exit at once, once the error is said and the output flushed. A rank that failed while its
-    peers were still in the process group can abort in gloo's teardown at interpreter exit
-    ("terminate called without an active exception", exit -6), which hides the exit status and
-    adds a line that is not strata's; the job has failed either way and nothing is left to write."""
+    """Exit a rank of a multi-process job at once, after Python's exit handlers ran and the
+    output is flushed, skipping the interpreter's teardown.
+
+    That teardown destroys gloo's and DGL's native objects in no particular order, and a rare
+    one aborts ("terminate called without an active exception", SIGABRT) after the rank's work
+    was done and written; its peers and the launcher would then report a finished job as
+    failed. Everything strata writes is closed before this point (files by their ``with``
+    blocks, checkpoints sealed, metrics pushed), and ``atexit`` handlers (temporary folders,
+    logging) still run."""
+    atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -126,6 +133,15 @@ def _leave(code: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `strata` command and return its exit status; a rank of a multi-process job
+    leaves the process from here instead (see :func:`_leave`)."""
+    code = _run(argv)
+    if _one_of_several(os.environ):
+        _leave(code)
+    return code
+
+
+def _run(argv: Sequence[str] | None) -> int:
     os.environ.setdefault("DGLBACKEND", "pytorch")
     _quiet_third_party()
     parser = build_parser()
@@ -143,8 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return Preempted.exit_code
     except StrataError as exc:
         report_error(str(exc), rank, os.environ)
-        if _one_of_several(os.environ):
-            _leave(2)
         return 2
     except KeyboardInterrupt:
         if rank == 0:
