@@ -94,11 +94,12 @@ def _register_graph(formats: argparse._SubParsersAction, name: str, text: str) -
         p.add_argument("--homophily", type=float, default=0.8, help="share of same-class in-edges (default 0.8)")
         p.add_argument("--feature-noise", type=float, default=3.0, help="noise around class centroids (default 3.0)")
         p.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+        p.add_argument("--train-fraction", type=float, default=0.6, help="share of nodes in the training split (default 0.6)")
 
 
 SYNTHETIC_DEFAULTS = {
     "nodes": 20_000, "avg_degree": 10.0, "classes": 8, "feat_dim": 64, "kind": "block", "homophily": 0.8,
-    "feature_noise": 3.0, "seed": 0,
+    "feature_noise": 3.0, "seed": 0, "train_fraction": 0.6,
 }
 """What the synthetic-only options hold for the other graph formats (which ignore them)."""
 
@@ -126,6 +127,7 @@ def run_graph(args: argparse.Namespace) -> int:
             "homophily": args.homophily,
             "feature_noise": args.feature_noise,
             "seed": args.seed,
+            "train_fraction": args.train_fraction,
         },
         progress=show_progress(args),
     )
