@@ -3,7 +3,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 import posixpath
+import signal
 import uuid
 from typing import Any
 
@@ -93,20 +97,108 @@ def sibling_temp(url: str, tag: str = "partial") -> str:
     return posixpath.join(head, f".{name}.{tag}-{uuid.uuid4().hex[:8]}")
 
 
+FAULT_ENV = "STRATA_FAULT_AT"
+"""Tests set it to a point of :func:`replace_atomically` (``swap:exchanged``, ``swap:moved-aside``,
+``swap:moved-in``) to have the process SIGKILLed there, as a crash would."""
+
+
+def _fault_point(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def local_path(url: str) -> str | None:
+    """The local filesystem path of ``url``, or None for any other filesystem."""
+    url = str(url)
+    if "://" not in url:
+        return url
+    return url[len("file://") :] if url.startswith("file://") else None
+
+
 def replace_atomically(tmp: str, dst: str) -> None:
-    """Put the finished tree ``tmp`` at ``dst``; an old ``dst`` is kept until the new one is in place."""
+    """Put the finished tree ``tmp`` at ``dst``, so that at every instant ``dst`` holds the old
+    tree or the new one.
+
+    On a local disk that is one rename, or for a directory replacing a directory one atomic
+    exchange (``renameat2(RENAME_EXCHANGE)``) after which ``tmp`` holds the old tree and is
+    removed. Elsewhere (object stores, or where the exchange is unsupported) the old tree is
+    moved aside to ``.NAME.old-*`` first: a crash between the two moves leaves ``dst`` absent
+    for a moment, and then readers take the moved-aside tree (:func:`swapped_out`) and the next
+    writer moves it back (:func:`clean_stale`)."""
+    src_path, dst_path = local_path(tmp), local_path(dst)
+    if src_path is not None and dst_path is not None:
+        if not os.path.lexists(dst_path):
+            os.rename(src_path, dst_path)
+            return
+        if os.path.isdir(dst_path) != os.path.isdir(src_path):
+            raise IsADirectoryError(f"cannot replace '{dst}' by '{tmp}': one is a directory, the other a file")
+        if not os.path.isdir(dst_path):
+            os.replace(src_path, dst_path)
+            return
+        if _exchange(src_path, dst_path):
+            _fault_point("swap:exchanged")
+            remove(tmp)
+            return
+    _replace_by_moves(tmp, dst)
+
+
+def _replace_by_moves(tmp: str, dst: str) -> None:
     old = None
     if exists(dst):
         old = sibling_temp(dst, "old")
         move(dst, old)
+        _fault_point("swap:moved-aside")
     try:
         move(tmp, dst)
     except BaseException:
         if old is not None and not exists(dst):
             move(old, dst)
         raise
+    _fault_point("swap:moved-in")
     if old is not None:
         remove(old)
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two local paths atomically (Linux renameat2); False where that is unsupported."""
+    rename_exchange, at_fdcwd = 2, -100
+    function = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if function is None:
+        return False
+    if function(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+def _siblings(url: str, tag: str) -> list[str]:
+    head, name = posixpath.split(str(url).rstrip("/"))
+    prefix = f".{name}.{tag}-"
+    return [posixpath.join(head, entry) for entry in listdir(head or ".") if entry.startswith(prefix)]
+
+
+def swapped_out(url: str) -> str | None:
+    """Where the complete tree of ``url`` is while ``url`` is absent because a writer died
+    between the two moves of :func:`replace_atomically` (None: nowhere)."""
+    if exists(url):
+        return None
+    old = _siblings(url, "old")
+    return old[0] if old else None
+
+
+def clean_stale(url: str) -> list[str]:
+    """Under ``url``'s writer lock: move a tree that a dead writer left moved aside back into
+    place, and remove the ``.NAME.partial-*`` and ``.NAME.old-*`` siblings dead writers left.
+    Returns what was removed."""
+    restored = swapped_out(url)
+    if restored is not None:
+        move(restored, url)
+    removed = _siblings(url, "partial") + _siblings(url, "old")
+    for path in removed:
+        remove(path)
+    return removed
 
 
 def write_atomically(url: str, data: bytes | str) -> None:

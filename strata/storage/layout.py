@@ -1,4 +1,4 @@
-"""The on-disk dataset format, schema version 1.
+"""The on-disk dataset format, schema version 2.
 
 A dataset store is a zarr v3 group at any fsspec URL::
 
@@ -6,6 +6,8 @@ A dataset store is a zarr v3 group at any fsspec URL::
       zarr.json                 root group; attribute "strata" mirrors the completion marker
       _STRATA_COMPLETE          JSON written last: schema version, counts, dtypes, checksums.
                                 A store without it was not fully written and is never read.
+      _STRATA_CHECKED           the result of the bounds checks (strata.storage.verify), keyed by
+                                the chunk files they read; absent or stale means "check again"
       graph/indptr              int64 (N+1,)   CSC: in-edges of node v are indices[indptr[v]:indptr[v+1]]
       graph/indices             int64 (E,)     source node of each edge, grouped by destination
       node/feat                 float32 (N, F) row-chunked
@@ -28,11 +30,18 @@ An image store's marker counts images in ``num_nodes`` (the writer's row count) 
 ``input_range``).
 
 Checksums are BLAKE2b-128 over each array's logical little-endian bytes in row order, so
-they do not depend on chunking or compression.
+they do not depend on chunking or compression; ``strata info --verify`` re-hashes them.
+
+Since schema version 2 every chunk is written (even one of zeros), ends in zarr v3's
+``crc32c`` codec, and the marker records each array's rows per chunk (``chunk_rows``), so a
+reader knows which chunks must exist and verifies each one as it decodes it. Version 1 stores
+lack both and are refused with a message to re-ingest them.
 """
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+FIRST_CHECKSUMMED_SCHEMA = 2
 MARKER = "_STRATA_COMPLETE"
+CHECKED = "_STRATA_CHECKED"
 
 INDPTR = "graph/indptr"
 INDICES = "graph/indices"

@@ -6,20 +6,25 @@ everything it describes. A reader takes the directory only when its marker is th
 (:func:`read_marker`), and reads the marker's fields leniently, so a newer writer's extra
 fields do not break an older reader (:func:`marker_fields`). Stores and partitions go
 further: they are written under a hidden sibling of their final URL (:class:`StagedDir`) and
-moved into place only once sealed (:func:`seal`), so a crash leaves the final URL either
-absent or holding the previous complete directory.
+moved into place only once sealed (:func:`seal`), so the final URL holds the previous complete
+directory or the new one. A :class:`StagedDir` made with ``lock=`` holds the writer lock of
+its URL (:mod:`strata.storage.locks`) until it is sealed or aborted, and first clears what
+dead writers left beside it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from collections.abc import Callable
 from typing import Any, Self, TypeVar
 
 from strata.storage import fs
+from strata.storage.locks import WriterLock
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def read_marker(url: str) -> str | None:
@@ -57,11 +62,18 @@ class StagedDir:
     by :func:`seal` once complete.
 
     Use as a context manager: leaving the block with an exception removes the partial
-    directory and leaves whatever was at ``url`` untouched.
+    directory and leaves whatever was at ``url`` untouched; leaving it at all releases the lock.
+    With ``lock`` (what the writer does, e.g. ``"strata partition"``) the writer lock of ``url``
+    is taken first, or :class:`~strata.storage.locks.LockHeld` names its holder; holding it,
+    the partial and moved-aside copies that dead writers left beside ``url`` are cleared.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, lock: str = "") -> None:
         self.url = str(url).rstrip("/")
+        self.lock = WriterLock(self.url, lock).acquire() if lock else None
+        if self.lock is not None:
+            for path in fs.clean_stale(self.url):
+                log.warning("removed %s, left by a writer of %s that died", path, self.url)
         self.tmp = fs.sibling_temp(self.url)
 
     def __enter__(self) -> Self:
@@ -70,6 +82,10 @@ class StagedDir:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if exc_type is not None:
             self.abort()
+        elif self.lock is not None:
+            self.lock.release()
 
     def abort(self) -> None:
         fs.remove(self.tmp)
+        if self.lock is not None:
+            self.lock.release()

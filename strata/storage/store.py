@@ -1,14 +1,17 @@
 """Writing and reading dataset stores (format in :mod:`strata.storage.layout`).
 
 A store is written into a hidden sibling of its final URL and moved into place only after
-every array is written and the completion marker is in; a crash leaves the final URL either
-absent or holding the previous complete store.
+every array is written, its index arrays are checked and the completion marker is in; a crash
+leaves the final URL either absent or holding the previous complete store. One writer at a
+time holds the store's lock (:mod:`strata.storage.locks`). Opening a store checks it first
+(:mod:`strata.storage.verify`), and every chunk is verified by its crc32c as it is decoded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,9 +21,10 @@ import numpy as np
 import zarr
 
 from strata.errors import StoreError
-from strata.storage import fs, layout
+from strata.storage import fs, layout, verify
 from strata.storage.markers import StagedDir, marker_fields, marker_json, read_marker, seal
 
+log = logging.getLogger(__name__)
 _INDEX_DTYPE = np.dtype("int64")
 _FEAT_DTYPE = np.dtype("float32")
 
@@ -94,6 +98,7 @@ class ArrayAppender:
         return {
             "shape": list(self.array.shape),
             "dtype": str(self.array.dtype),
+            "chunk_rows": int(self.array.chunks[0]),
             "checksum": self._checksum.hexdigest(),
         }
 
@@ -102,7 +107,8 @@ class DatasetWriter(StagedDir):
     """Builds a store in a hidden sibling of ``url`` and moves it into place on ``commit``.
 
     Use as a context manager: leaving the block with an exception removes the partial store
-    and leaves whatever was at ``url`` untouched.
+    and leaves whatever was at ``url`` untouched. The store's writer lock is held from here to
+    the commit or the abort; a second writer is refused, naming this one.
     """
 
     def __init__(
@@ -115,11 +121,12 @@ class DatasetWriter(StagedDir):
         allow_nan: bool = False,
         source: str = "",
     ) -> None:
-        super().__init__(url)
-        if fs.exists(self.url) and not overwrite:
-            raise StoreError(f"'{self.url}' already exists; pass --overwrite to replace it")
         if num_nodes < 1:
             raise StoreError(f"a dataset needs at least one node, got num_nodes={num_nodes}")
+        super().__init__(url, lock="strata ingest")
+        if fs.exists(self.url) and not overwrite:
+            self.abort()
+            raise StoreError(f"'{self.url}' already exists; pass --overwrite to replace it")
         self.meta = DatasetMeta(name=name, num_nodes=int(num_nodes), source=source)
         self.allow_nan = allow_nan
         self.group = zarr.open_group(fs.zarr_store(self.tmp, "w"), mode="w")
@@ -137,7 +144,10 @@ class DatasetWriter(StagedDir):
         dtype = np.dtype(dtype)
         row_bytes = dtype.itemsize * int(np.prod(row_shape, dtype=np.int64))
         rows = chunk_rows or layout.default_chunk_rows(row_bytes)
-        array = self.group.create_array(key, shape=(0,) + tuple(row_shape), chunks=(rows,) + tuple(row_shape), dtype=dtype)
+        array = self.group.create_array(
+            key, shape=(0,) + tuple(row_shape), chunks=(rows,) + tuple(row_shape), dtype=dtype,
+            compressors=_chunk_codecs(), config={"write_empty_chunks": True},  # every chunk exists, each with its crc32c
+        )
         appender = ArrayAppender(array, key, self._checker(key))
         self._appenders[key] = appender
         return appender
@@ -205,6 +215,8 @@ class DatasetWriter(StagedDir):
                     meta.extra[key] = value
             meta.created = time.time()
             self.group.attrs["strata"] = json.loads(meta.to_json())
+            staged = DatasetStore(self.tmp, meta, zarr.open_group(fs.zarr_store(self.tmp, "r"), mode="r"))
+            verify.check_content(staged, verify.check_structure(self.tmp, meta, staged.group))
             seal(self.tmp, self.url, layout.MARKER, meta.to_json())
             return meta
 
@@ -233,8 +245,16 @@ class DatasetStore:
         self.group = group
 
     @classmethod
-    def open(cls, url: str) -> DatasetStore:
+    def open(cls, url: str, *, check: bool = True) -> DatasetStore:
+        """The complete store at ``url``, checked (see :mod:`strata.storage.verify`): a store
+        that does not match its marker, lacks a chunk or holds an index out of range raises
+        :class:`~strata.storage.verify.CorruptStore`. ``check=False`` only for tools that report
+        damage themselves (``strata info --verify``)."""
         url = str(url).rstrip("/")
+        moved_aside = fs.swapped_out(url)  # its writer died between the two moves of a swap
+        if moved_aside is not None:
+            log.warning("'%s' is absent while its writer's swap is unfinished: reading the complete copy %s", url, moved_aside)
+            url = moved_aside
         if not fs.exists(url):
             raise StoreError(f"no dataset store at '{url}': the path does not exist; create one with 'strata ingest'")
         text = read_marker(fs.join(url, layout.MARKER))
@@ -248,11 +268,15 @@ class DatasetStore:
                 f"store '{url}' has schema version {meta.schema_version}; this strata reads up to "
                 f"{layout.SCHEMA_VERSION}: upgrade strata"
             )
+        verify.refuse_old_schema(url, meta)
         try:
             group = zarr.open_group(fs.zarr_store(url, "r"), mode="r")
         except Exception as exc:  # zarr raises several types for a broken zarr.json
             raise StoreError(f"store '{url}': its zarr metadata cannot be read ({exc})") from exc
-        return cls(url, meta, group)
+        store = cls(url, meta, group)
+        if check:
+            verify.check_content(store, verify.check_structure(url, meta, group))
+        return store
 
     def has(self, key: str) -> bool:
         return key in self.meta.arrays
@@ -272,12 +296,9 @@ class DatasetStore:
             return np.asarray(array[slice(start, stop)])
         except StoreError:
             raise
-        except Exception as exc:
-            raise StoreError(
-                f"store '{self.url}': array '{key}' rows [{start or 0}, {stop if stop is not None else array.shape[0]}) "
-                f"cannot be decoded, a chunk is truncated or corrupt ({type(exc).__name__}: {exc}); "
-                f"run 'strata info {self.url} --verify' and re-ingest"
-            ) from exc
+        except Exception as exc:  # a crc32c mismatch, a truncated or undecodable chunk
+            first, last = start or 0, array.shape[0] if stop is None else min(stop, array.shape[0])
+            raise verify.name_bad_chunk(self, key, first, last, exc) from exc
 
     def iter_blocks(self, key: str, rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """(start, block) over array ``key`` in row order, one or more chunks at a time."""
@@ -328,6 +349,12 @@ class DatasetStore:
 
 
 # -- validation helpers ------------------------------------------------------------------
+
+
+def _chunk_codecs() -> list:
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    return [ZstdCodec(level=0, checksum=False), Crc32cCodec()]
 
 
 def as_features(feat: Any, key: str = layout.FEAT) -> np.ndarray:
