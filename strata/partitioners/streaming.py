@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from strata.partitioners.config import PartitionConfig
 from strata.partitioners.graph import GraphSource
+from strata.partitioners.placement import PlacementState
 
 DEFAULT_PASSES = {"ldg": 1, "fennel": 10}
 GROWTH_STOP = 0.01
@@ -65,7 +66,7 @@ def _stream(graph: GraphSource, cfg: PartitionConfig, method: str, progress: boo
         def one_pass(growing: bool) -> int:
             placed = 0
             for chunk in graph.iter_chunks(cfg.chunk_edges):
-                placed += placer.place_chunk(chunk.start, chunk.indptr.tolist(), chunk.indices.tolist(), growing)
+                placed += placer.place_chunk(chunk.start, chunk.indptr, chunk.indices, growing)
                 bar.update(chunk.stop - chunk.start)
             return placed
 
@@ -80,82 +81,41 @@ def _stream(graph: GraphSource, cfg: PartitionConfig, method: str, progress: boo
             if done and moved < cfg.converged * n:
                 bar.total -= n * (passes - done - 1)
                 break
-    return np.asarray(placer.parts, dtype=np.int32)
+    return placer.parts
 
 
 class _Placer:
-    """The state of a streaming partitioner: each node's part (-1 before it is placed) and part sizes.
-
-    The inner loop is plain Python over lists: per node it touches a handful of neighbours
-    and k parts, where numpy's per-call overhead would dominate.
-    """
+    """The state of a streaming partitioner and its scoring constants; the per-node loop is
+    :func:`strata.partitioners.placement.place_run` (compiled by numba where installed)."""
 
     def __init__(self, n: int, k: int, num_edges: int, cfg: PartitionConfig, method: str) -> None:
         self.k = k
-        self.parts = [-1] * n
-        self.sizes = [0] * k
         self.cap = capacity(n, k, cfg.balance_slack)
         self.fennel = method == "fennel"
         self.gamma = float(cfg.gamma)
         alpha = math.sqrt(k) * max(num_edges, 1) / max(n, 1) ** self.gamma
         self.alpha_gamma = cfg.alpha_scale * alpha * self.gamma
         # fennel: the size penalty alpha*gamma*|P|^(gamma-1); ldg: the free share 1 - |P|/C.
-        self.penalty = [0.0 if self.fennel else 1.0] * k
+        self.state = PlacementState(n, k, 0.0 if self.fennel else 1.0)
         # Ties go to the smaller part, then to a seeded random order of parts.
-        self.order = np.random.default_rng([cfg.seed, 11]).permutation(k).tolist()
+        self.order = np.random.default_rng([cfg.seed, 11]).permutation(k).astype(np.int64)
 
-    def _resize(self, p: int, delta: int) -> None:
-        size = self.sizes[p] + delta
-        self.sizes[p] = size
-        if self.fennel:
-            self.penalty[p] = self.alpha_gamma * size ** (self.gamma - 1.0)
-        else:
-            self.penalty[p] = 1.0 - size / self.cap
+    @property
+    def parts(self) -> np.ndarray:
+        return self.state.assignment()
 
     def seed(self, indptr: np.ndarray) -> None:
         """Put the k nodes of highest in-degree into k different parts."""
         degree = np.diff(indptr)
         top = np.argsort(-degree, kind="stable")[: self.k]
-        for p, v in zip(self.order, top.tolist()):
-            self.parts[v] = p
-            self._resize(p, 1)
+        for p, v in zip(self.order.tolist(), top.tolist()):
+            self.state.parts[v] = p
+            self.state.resize(p, 1, self.cap, self.fennel, self.alpha_gamma, self.gamma)
 
-    def place_chunk(self, start: int, indptr: list[int], indices: list[int], growing: bool) -> int:
+    def place_chunk(self, start: int, indptr: np.ndarray, indices: np.ndarray, growing: bool) -> int:
         """Place (or, restreaming, re-place) nodes start.. of one chunk; returns how many changed part
         (newly placed ones included).
 
         ``growing``: skip placed nodes and leave nodes with no placed in-neighbour for later.
         """
-        parts, sizes, penalty, cap, order = self.parts, self.sizes, self.penalty, self.cap, self.order
-        fennel = self.fennel
-        counts = [0] * self.k
-        placed = 0
-        for i in range(len(indptr) - 1):
-            v = start + i
-            old = parts[v]
-            if growing and old >= 0:
-                continue
-            for p in order:
-                counts[p] = 0
-            seen = False
-            for u in indices[indptr[i] : indptr[i + 1]]:
-                p = parts[u]
-                if p >= 0:
-                    counts[p] += 1
-                    seen = True
-            if growing and not seen:
-                continue
-            if old >= 0:
-                self._resize(old, -1)
-            best, best_score, best_size = -1, -math.inf, 0
-            for p in order:
-                size = sizes[p]
-                if size >= cap:
-                    continue
-                score = counts[p] - penalty[p] if fennel else counts[p] * penalty[p]
-                if score > best_score or (score == best_score and size < best_size):
-                    best, best_score, best_size = p, score, size
-            parts[v] = best
-            self._resize(best, 1)
-            placed += old != best
-        return placed
+        return self.state.run(start, indptr, indices, growing, self.order, self.cap, self.fennel, self.alpha_gamma, self.gamma)
