@@ -38,6 +38,9 @@ class PartitionConfig:
     """Fennel: multiplies the paper's alpha = sqrt(k) * E / N^1.5; lower cuts fewer edges but balances more loosely."""
     chunk_edges: int = 1 << 20
     """Edges read from the store per chunk by streaming partitioners (memory O(N + chunk))."""
+    memory_limit_bytes: int = 0
+    """METIS: refuse up front a graph whose estimated need exceeds this many bytes; 0 = the
+    memory available on this machine (MemAvailable)."""
     name: str = ""
     """Name under the store's partitions/ folder; empty means '<method>-<num_parts>'."""
     overwrite: bool = False
@@ -64,6 +67,8 @@ class PartitionConfig:
             raise PartitionError(f"partition.alpha_scale must be positive, got {self.alpha_scale}")
         if int(self.chunk_edges) < 1:
             raise PartitionError(f"partition.chunk_edges must be at least 1, got {self.chunk_edges}")
+        if int(self.memory_limit_bytes) < 0:
+            raise PartitionError(f"partition.memory_limit_bytes must be >= 0 (0 = what is available), got {self.memory_limit_bytes}")
         if self.name and (self.name.startswith(".") or "/" in self.name or self.name in ("..",)):
             raise PartitionError(f"partition.name must be a plain folder name (no '/' and no leading '.'), got '{self.name}'")
 

@@ -6,8 +6,9 @@ import argparse
 
 EPILOG = """\
 methods:
-  metis    DGL's METIS: best cuts; needs the graph in memory; balances nodes, in-edges and
-           training nodes
+  metis    DGL's METIS: best cuts; needs the graph in memory (about 152 bytes per node and
+           edge: refused up front, with the estimate, where that exceeds the memory available
+           or --memory-limit); balances nodes, in-edges and training nodes
   fennel   streaming Fennel with growth and restreaming: memory O(N + chunk), for graphs
            whose edges do not fit in memory
   ldg      one-pass streaming LDG (a baseline)
@@ -51,9 +52,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--slack", type=float, default=0.05, help="parts hold at most (1+SLACK)*N/PARTS nodes (default 0.05)")
     s.add_argument("--no-grow", action="store_true", help="fennel: skip the growth passes from seed nodes")
     s.add_argument("--chunk-edges", type=int, default=1 << 20, help="edges read per chunk (default 1048576)")
+    p.add_argument(
+        "--memory-limit", type=_size, default=0, metavar="BYTES",
+        help="metis: refuse graphs estimated to need more than this, e.g. 8GiB (default: the memory available)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def _size(text: str) -> int:
+    from strata.launch.commands.pack import _size as parse
+
+    return parse(text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -70,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         balance_slack=args.slack,
         grow=not args.no_grow,
         chunk_edges=args.chunk_edges,
+        memory_limit_bytes=args.memory_limit,
         name=args.name,
         overwrite=args.overwrite,
     )
