@@ -3,6 +3,8 @@
 Every rank writes its own shard (its optimizer, RNG and data position differ); once all
 have, rank 0 commits the checkpoint. On resume rank 0 picks the newest complete checkpoint
 and every rank reads its own shard of that one, so ranks never resume from different steps.
+One training at a time writes a checkpoint directory: rank 0 holds its writer lock
+(:mod:`strata.storage.locks`) from :func:`claim` until :func:`release` or the process ends.
 What goes into a shard is the training loop's business; the file format is
 :mod:`strata.storage.checkpoint`'s.
 """
@@ -21,8 +23,14 @@ import numpy as np
 from strata.errors import CheckpointError
 from strata.runtime.dist.comm import Comm
 from strata.storage import checkpoint, fs
+from strata.storage.locks import LockHeld, WriterLock
 
 log = logging.getLogger(__name__)
+
+_HELD: dict[str, WriterLock] = {}
+"""The checkpoint directories this process trains into, each locked until :func:`release`
+(or the process ends: the kernel drops the lock of a dead process). A second claim by the same
+process (a training run again in-process) keeps its lock."""
 
 RUN_RECORD = "RUN.json"
 """Beside the checkpoints: which run they belong to (an id, when and where it started, and
@@ -99,12 +107,37 @@ def claim(root: str, identity: dict[str, Any], comm: Comm, *, resume: bool, over
 
     A fresh run refuses a directory holding another run's complete checkpoints unless asked to
     ``overwrite`` them (they are deleted then); a resumed run refuses checkpoints whose run
-    was configured otherwise (``identity``: the config that matters for resuming). Rank 0
+    was configured otherwise (``identity``: the config that matters for resuming). Another
+    training writing there at this moment (its lock held) is refused, naming it. Rank 0
     decides; every rank stops together on a refusal."""
     flat = _flatten(json.loads(json.dumps(identity, default=str)))
-    refusal = _claim(root, flat, resume=resume, overwrite=overwrite) if comm.rank == 0 else ""
+    refusal = ""
+    if comm.rank == 0:
+        refusal = _lock(root)
+        if not refusal:
+            refusal = _claim(root, flat, resume=resume, overwrite=overwrite)
+            if refusal:
+                release(root)
     if comm.broadcast_int(1 if refusal else 0):
         raise CheckpointError(refusal or f"rank 0 refused the checkpoints under '{root}' (its error says why)")
+
+
+def release(root: str) -> None:
+    """Release the lock :func:`claim` took on ``root`` (nothing when it holds none)."""
+    held = _HELD.pop(str(root).rstrip("/"), None)
+    if held is not None:
+        held.release()
+
+
+def _lock(root: str) -> str:
+    root = str(root).rstrip("/")
+    if root in _HELD:
+        return ""
+    try:
+        _HELD[root] = WriterLock(root, "strata train").acquire()
+    except LockHeld as exc:
+        return f"{exc}. Two trainings never share a run directory: give this one another run_dir"
+    return ""
 
 
 def _claim(root: str, identity: dict[str, Any], *, resume: bool, overwrite: bool) -> str:

@@ -274,6 +274,7 @@ def run_loop(
         return state
     finally:
         bar.close()
+        checkpointing.release(cfg.checkpoint_dir)  # the run directory's writer lock (taken by claim)
 
 
 def _run_epochs(job: Job, state: LoopState, cfg: LoopConfig, comm: Comm, metrics: TrainingMetrics, device: str,

@@ -335,8 +335,10 @@ class DatasetStore:
         for key, info in self.meta.arrays.items():
             try:
                 array = self.array(key)
-                if list(array.shape) != list(info["shape"]):
-                    problems.append(f"'{key}' has shape {list(array.shape)}, the marker says {info['shape']}")
+                if list(array.shape) != list(info["shape"]) or str(array.dtype) != info["dtype"]:
+                    problems.append(
+                        f"'{key}' is {array.dtype} {list(array.shape)}, the marker says {info['dtype']} {info['shape']}"
+                    )
                     continue
                 checksum = _Checksum()
                 for _, block in self.iter_blocks(key):

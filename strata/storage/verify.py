@@ -202,10 +202,12 @@ def check_content(store: DatasetStore, listing: Listing, *, cache: bool = True) 
     if cache and _cached_key(cache_url) == key:
         return False
     started = time.perf_counter()
+    if store.meta.num_edges > 50_000_000:
+        log.info("checking the index arrays of %s (%s edges), once for this content", store.url, f"{store.meta.num_edges:,}")
     _check_graph(store)
     _check_labels_and_splits(store)
     seconds = time.perf_counter() - started
-    log.info("checked the index arrays of %s in %.2f s", store.url, seconds)
+    log.log(logging.INFO if seconds > 2 else logging.DEBUG, "checked the index arrays of %s in %.1f s", store.url, seconds)
     if cache:
         record = {"key": key, "checked": time.time(), "seconds": round(seconds, 3), "arrays": list(listing)}
         try:

@@ -21,13 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="print what a dataset store holds, with its partitions and packs; --verify re-checks its checksums",
         description="Print counts, dtypes, sizes and degree statistics of a dataset store, the partitions "
         "'strata partition' wrote into it and the packs 'strata pack' wrote under STORE/packs/. "
-        "Exit status: 0 when all is well, 1 when --verify finds an array that does not match its checksum, "
-        "2 on any other error (no store at STORE, a store that was not fully written, ...).",
+        "Opening a store always checks it against its marker (shapes, dtypes, every chunk present) and "
+        "bounds-checks its graph, labels and splits once per content. "
+        "Exit status: 0 when all is well, 1 when the store is corrupt (those checks fail, or --verify finds an "
+        "array that does not match its checksum), 2 on any other error (no store at STORE, a store that was not "
+        "fully written, ...).",
     )
     p.add_argument("store", help="URL of the store")
     p.add_argument(
         "--verify", action="store_true",
-        help="re-read every array and compare its checksum (exit 1 when one does not match)",
+        help="also re-read every array and compare its checksum and dtype (exit 1 when one does not match)",
     )
     p.set_defaults(func=run)
 
@@ -139,10 +142,21 @@ def _describe_packs(store: DatasetStore) -> None:
         print(f"  {name:<20} {manifest.epochs} epoch(s) x {manifest.steps_per_epoch} steps; {what}; {state}")
 
 
+def _failed(url: str, problems: list[str]) -> int:
+    for problem in problems:
+        print(f"VERIFY FAILED: {problem}")
+    print(f"strata: error: store '{url}' failed verification ({len(problems)} problem(s)); re-ingest it", file=sys.stderr)
+    return VERIFY_FAILED
+
+
 def run(args: argparse.Namespace) -> int:
     from strata.storage import layout
+    from strata.storage.verify import CorruptStore
 
-    store = open_store(args.store)
+    try:
+        store = open_store(args.store)
+    except CorruptStore as exc:
+        return _failed(args.store, [str(exc)])
     meta = store.meta
     print(f"store    {store.url}")
     print(f"name     {meta.name}   (schema v{meta.schema_version}, source {meta.source or '-'})")
@@ -172,12 +186,6 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         problems = store.verify()
         if problems:
-            for problem in problems:
-                print(f"VERIFY FAILED: {problem}")
-            print(
-                f"strata: error: store '{store.url}' failed verification ({len(problems)} problem(s)); re-ingest it",
-                file=sys.stderr,
-            )
-            return VERIFY_FAILED
-        print(f"verify   ok: {len(meta.arrays)} arrays match their checksums")
+            return _failed(store.url, problems)
+        print(f"verify   ok: {len(meta.arrays)} arrays match their checksums, every chunk its crc32c")
     return 0

@@ -61,7 +61,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="", help="data set name recorded in the store (default: from the source)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing store: the new one is swapped in only once complete (readers see the old or the "
+        "new, never none), and an ingest into the same output already running is refused, naming it",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
