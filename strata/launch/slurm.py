@@ -15,6 +15,12 @@ Two shapes of job, chosen by :attr:`SlurmConfig.mode`:
 Either way the job is requeueable (``--requeue``), its log is appended to one predictable file,
 ``<log_dir>/slurm-<jobid>.out``, and training always runs with ``--resume``: a requeued or
 resubmitted job continues from the newest complete checkpoint of the run directory.
+
+Ahead of the time limit (``--signal=B:USR1@N``) SLURM signals the batch shell, which passes
+the stop on as SIGTERM to every task of the job step (``scancel --signal=TERM``): torchrun's
+agent passes SIGTERM to its workers (SIGUSR1 it would not pass on, and die of), and every rank
+finishes its step, checkpoints with the others and exits. The script then requeues the job,
+which resumes where it stopped. ``scancel --signal=USR1 --batch JOBID`` does the same by hand.
 """
 
 from __future__ import annotations
@@ -61,6 +67,10 @@ class SlurmConfig:
     """torchrun mode: how often torchrun restarts the workers of a node after a failure (they resume)."""
     python: str = "python3"
     """Python interpreter on the compute nodes that has strata installed."""
+    signal_seconds: int = 120
+    """Seconds before the time limit at which SLURM asks the job to stop at a checkpoint and
+    requeue itself (SIGUSR1 to the batch shell); 0 = no warning signal. Leave enough for one
+    step and one checkpoint."""
 
     def __post_init__(self) -> None:
         if self.nodes < 1:
@@ -88,6 +98,8 @@ class SlurmConfig:
             raise ConfigError(f"slurm.port must be in 0..65535, got {self.port}")
         if self.max_restarts < 0:
             raise ConfigError(f"slurm.max_restarts must be >= 0, got {self.max_restarts}")
+        if not 0 <= self.signal_seconds <= 65535:
+            raise ConfigError(f"slurm.signal_seconds must be in 0..65535 (SLURM's limit), got {self.signal_seconds}")
         if not self.python:
             raise ConfigError("slurm.python must name the interpreter that has strata installed, e.g. 'python3'")
 
@@ -133,6 +145,8 @@ def sbatch_script(
     if chdir:
         directives.append(f"--chdir={chdir}")
     directives += [f"--output={log_file(log_dir)}", "--open-mode=append", "--requeue"]
+    if cfg.signal_seconds:
+        directives.append(f"--signal=B:USR1@{cfg.signal_seconds}")
 
     train = ["-m", "strata.launch.cli", "train", config, "--resume"]
     for item in overrides:
@@ -163,12 +177,37 @@ def sbatch_script(
             [f"--nnodes={cfg.nodes}", f"--nproc-per-node={cfg.procs_per_node}", f"--max-restarts={cfg.max_restarts}"],
             ["--rdzv-backend=c10d", _Shell("--rdzv-id=${SLURM_JOB_ID}"), _Shell("--rdzv-endpoint=${head_node}:${rdzv_port}")],
         ]
-        lines.append(_command([srun, *torchrun, train]))
+        step = _command([srun, *torchrun, train])
     else:
         if cfg.port:
             lines.append(f"export MASTER_PORT={cfg.port}")
-        lines.append(_command([srun, [cfg.python, *train]]))
+        step = _command([srun, [cfg.python, *train]])
+    lines += _stop_and_requeue(step)
     return "\n".join(lines) + "\n"
+
+
+def _stop_and_requeue(step: str) -> list[str]:
+    """Run the job step in the background so the shell can take SIGUSR1 while it waits, pass it
+    on as SIGTERM to the step's tasks, and requeue the job once the step stopped at its checkpoint."""
+    return [
+        "stop_requested=0",
+        'step_pid=""',
+        'trap \'stop_requested=1; echo "strata: SIGUSR1 ahead of the time limit: stopping at a checkpoint, then requeueing"; '
+        'scancel --signal=TERM "${SLURM_JOB_ID}" || true\' USR1',
+        f"{step} &",
+        "step_pid=$!",
+        "set +e",
+        # wait returns early (128 + signal) when the trap runs; wait again for the step's own status.
+        'while true; do wait "${step_pid}"; status=$?; '
+        'if [ "${status}" -gt 128 ] && kill -0 "${step_pid}" 2>/dev/null; then continue; fi; break; done',
+        "set -e",
+        'if [ "${stop_requested}" = 1 ]; then',
+        '  echo "strata: the step stopped (exit ${status}); requeueing job ${SLURM_JOB_ID}"',
+        '  scontrol requeue "${SLURM_JOB_ID}"',
+        "  exit 0",
+        "fi",
+        'exit "${status}"',
+    ]
 
 
 class _Shell(str):

@@ -206,3 +206,38 @@ def test_torchrun_mode_job_trains_with_one_torchrun_per_node(cluster: dict[str, 
     events = [json.loads(line) for line in (tmp_path / "runs/slurm-torchrun/metrics.jsonl").read_text().splitlines()]
     assert (events[0]["launcher"], events[0]["world_size"]) == ("torchrun", 2)
     assert events[-1]["event"] == "end" and events[-1]["steps"] == 3 * _steps_per_epoch(events)
+
+
+def test_sigusr1_ahead_of_the_time_limit_checkpoints_requeues_and_the_job_resumes_to_the_end(
+    cluster: dict[str, str], store: str, tmp_path: Path
+) -> None:
+    """What `--signal=B:USR1@N` delivers, sent by hand: torchrun's agent would not pass SIGUSR1 on,
+    so the batch shell turns it into SIGTERM for the step; no checkpoint cadence is set, so the
+    only checkpoint is the one the stop writes."""
+    epochs = 40
+    (tmp_path / "job.yaml").write_text(JOB.format(name="slurm-preempt", store=store, epochs=epochs, every=0))
+    job_id = _submit(tmp_path, cluster, "--mode", "torchrun", "--time", "30")
+    run_dir = tmp_path / "runs/slurm-preempt"
+    log, metrics = run_dir / f"slurm-{job_id}.out", run_dir / "metrics.jsonl"
+
+    def trained_an_epoch() -> bool:
+        return metrics.exists() and '"event": "epoch"' in metrics.read_text()
+
+    _wait(trained_an_epoch, 240, "the first epoch", cluster, log)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], env=cluster, check=True)
+    _wait(lambda: "requeueing job" in log.read_text(), 120, "the requeue", cluster, log)
+    restarted = re.compile(r"Restarts=(\d+)")
+    _wait(lambda: int((restarted.search(subprocess.run(["scontrol", "show", "job", job_id], env=cluster, capture_output=True,
+                                                        text=True).stdout) or re.match(r"(0)", "0")).group(1)) >= 1,
+          60, "the job to be requeued", cluster, log)
+    assert _finished(job_id, cluster, log, timeout=300) == "COMPLETED", log.read_text()[-3000:]
+
+    events = [json.loads(line) for line in metrics.read_text().splitlines()]
+    starts = [(e["resumed_at"], e["launcher"], e["world_size"]) for e in events if e["event"] == "start"]
+    assert len(starts) == 2 and starts[0] == (0, "torchrun", 2), starts
+    stopped_at = starts[1][0]
+    per_epoch = _steps_per_epoch(events)
+    assert 0 < stopped_at < epochs * per_epoch, "the stop wrote no checkpoint mid-run"
+    end = [e for e in events if e["event"] == "end"]
+    assert len(end) == 1 and end[0]["steps"] == epochs * per_epoch
+    assert re.search(r"test acc \d\.\d+", log.read_text())

@@ -59,6 +59,11 @@ def _register_slurm(targets: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=0, help="rendezvous port (default 20000 + job id mod 10000)")
     p.add_argument("--max-restarts", type=int, default=0, help="torchrun mode: worker restarts after a failure (default 0)")
     p.add_argument("--python", default="python3", help="interpreter on the compute nodes (default python3)")
+    p.add_argument(
+        "--signal-seconds", type=int, default=120,
+        help="seconds before the time limit at which the job stops at a checkpoint and requeues itself "
+        "(SLURM's --signal=B:USR1@N); 0 = none (default 120)",
+    )
     p.add_argument("--chdir", default="", help="working directory of the job (default: the current directory)")
     p.add_argument("--out", default="", help="where to write the script (default RUN_DIR/<name>.sbatch)")
     p.add_argument("--submit", action="store_true", help="submit with 'sbatch --parsable' and print the job id")
@@ -80,7 +85,7 @@ def run_slurm(args: argparse.Namespace) -> int:
     cfg = SlurmConfig(
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, procs_per_node=args.procs_per_node, mode=args.mode,
         partition=args.partition, time=args.time, cpus_per_task=args.cpus_per_task, port=args.port,
-        max_restarts=args.max_restarts, python=args.python,
+        max_restarts=args.max_restarts, python=args.python, signal_seconds=args.signal_seconds,
     )
     chdir = os.path.abspath(args.chdir or os.getcwd())
     log_dir = _local_run_dir(job.run_dir, job.name)
