@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--guidance", type=float, default=2.0, metavar="S", help="classifier-free guidance scale, 1 = none (default 2.0)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default 50; ddpm uses every timestep)")
     p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="sampler (default ddim)")
-    p.add_argument("--mixture", choices=("top1", "weighted"), default="top1",
+    p.add_argument("--mixture", choices=("top1", "top2", "weighted"), default="top1",
                    help="expert sets: top1 = each sample to the router's first choice, weighted = router probabilities "
                    "mix all experts (default top1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initial noise (default 0)")

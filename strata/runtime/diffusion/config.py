@@ -116,6 +116,7 @@ class DiffusionTrainConfig:
 
 
 ROUTER_MODES = ("auto", "yes", "no", "only")
+CLUSTER_FEATURES = ("pixels", "encoder", "labels")
 
 
 @dataclass
@@ -151,7 +152,19 @@ class ExpertsConfig:
     cluster_epochs: int = 5
     """Mini-batch k-means passes over the images."""
     cluster_seed: int = 0
-    """Seed of the k-means initialisation and passes: the same seed gives the same clusters."""
+    """Seed of the k-means initialisation and passes (and of the encoder's training): the same
+    seed gives the same clusters."""
+    cluster_features: str = "pixels"
+    """What the images are clustered on. 'pixels': mini-batch k-means on the raw pixels, streamed
+    from the store (cluster sizes come out as they fall). 'encoder': balanced k-means (sizes within
+    one image per cluster) on the features of a small contrastive encoder trained on the store
+    itself in the same job, without labels, and kept beside the clusters (``encoder.pt``) so later
+    jobs of the set reuse it. 'labels': balanced k-means on the class labels, so each expert sees
+    few classes: the upper bound, for comparison only (it needs a labelled store)."""
+    encoder_steps: int = 400
+    """cluster_features=encoder: training steps of the encoder (batches of 256 images, two views each)."""
+    encoder_dim: int = 32
+    """cluster_features=encoder: width of the features that are clustered."""
 
     def __post_init__(self) -> None:
         if self.num_experts < 1:
@@ -171,6 +184,12 @@ class ExpertsConfig:
             raise ConfigError(f"experts.router_label_dropout must be in [0, 1), got {self.router_label_dropout}")
         if self.cluster_epochs < 0:
             raise ConfigError(f"experts.cluster_epochs must be >= 0, got {self.cluster_epochs}")
+        if self.cluster_features not in CLUSTER_FEATURES:
+            raise ConfigError(
+                f"experts.cluster_features must be one of {', '.join(CLUSTER_FEATURES)}, got '{self.cluster_features}'"
+            )
+        if self.encoder_steps < 1 or self.encoder_dim < 1:
+            raise ConfigError(f"experts.encoder_steps and encoder_dim must be at least 1, got {self.encoder_steps}, {self.encoder_dim}")
 
     @property
     def trains_router(self) -> bool:

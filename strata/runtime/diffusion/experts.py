@@ -28,22 +28,25 @@ At the end every rank waits for the slowest group (the results are summed over t
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
-import numpy as np
 import torch
 
-from strata.errors import ConfigError, StrataError
+from strata.errors import ConfigError
 from strata.models.diffusion.config import DiffusionModelConfig, NoiseConfig
-from strata.partitioners.clustering import KMeansConfig, cluster_store
 from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
 from strata.runtime.diffusion.config import DiffusionTrainConfig, ExpertsConfig
+from strata.runtime.diffusion.expert_clusters import (
+    ENCODER_SHA,
+    check_encoder,
+    cluster_labels,
+    manifest_extra,
+    read_clusters,  # noqa: F401  (re-exported: callers read a set's clusters from here)
+)
 from strata.runtime.diffusion.image_data import (
     ImageData,
     load_image_data,
@@ -120,6 +123,11 @@ class ExpertPaths:
     def clusters(self) -> str:
         return fs.join(self.root, "clusters.npz")
 
+    @property
+    def encoder(self) -> str:
+        """The clustering encoder (experts.cluster_features=encoder)."""
+        return fs.join(self.root, "encoder.pt")
+
     def expert_dir(self, i: int) -> str:
         return fs.join(self.root, f"expert-{i:03d}")
 
@@ -135,57 +143,7 @@ class ExpertPaths:
         return fs.join(self.root, "router", "checkpoints")
 
 
-# -- clusters ----------------------------------------------------------------------------------
-
-
-def cluster_meta(cfg: ExpertsConfig, num_images: int, checksum: str) -> dict:
-    return {"num_clusters": cfg.num_experts, "seed": cfg.cluster_seed, "epochs": cfg.cluster_epochs,
-            "num_images": num_images, "images_checksum": checksum}
-
-
-def read_clusters(url: str) -> tuple[np.ndarray, dict]:
-    """(cluster id per image, meta) of a cluster file."""
-    try:
-        with np.load(io.BytesIO(fs.read_bytes(url)), allow_pickle=False) as npz:
-            return npz["labels"].astype(np.int64), json.loads(str(npz["meta"]))
-    except (KeyError, ValueError, OSError) as exc:
-        raise StrataError(f"cluster file '{url}' cannot be read ({exc}); delete it to cluster again") from exc
-
-
-def write_clusters(url: str, labels: np.ndarray, centroids: np.ndarray, meta: dict) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, labels=labels.astype(np.int32), centroids=centroids.astype(np.float32), meta=np.array(json.dumps(meta)))
-    fs.write_atomically(url, buffer.getvalue())
-
-
-def cluster_labels(store_url: str, cfg: ExpertsConfig, url: str, *, progress: bool = False) -> np.ndarray:
-    """The cluster of every image of the store: read from ``url`` when a job made it before
-    (refused unless made for this k, seed and store), else computed and written there."""
-    store = open_image_store(store_url)
-    info = store.meta.arrays[IMAGES]
-    want = cluster_meta(cfg, int(info["shape"][0]), str(info.get("checksum", "")))
-    if fs.exists(url):
-        labels, have = read_clusters(url)
-        differ = [f"{key} {have.get(key)} (this job: {value})" for key, value in want.items() if have.get(key) != value]
-        if differ:
-            raise ConfigError(
-                f"the expert set's clusters '{url}' were made with other settings: {'; '.join(differ)}. The experts of "
-                "one set must share one clustering: use the same experts.num_experts and cluster_* and the same store, "
-                "or another run_dir for a new set"
-            )
-        return labels
-    kmeans = KMeansConfig(num_clusters=cfg.num_experts, epochs=cfg.cluster_epochs, seed=cfg.cluster_seed)
-    log.info("experts: clustering %s images into %d clusters (%d k-means passes)", f"{int(info['shape'][0]):,}",
-             cfg.num_experts, cfg.cluster_epochs)
-    result = cluster_store(store, IMAGES, kmeans, progress=progress)
-    log.info("experts: %s", result.report.format())
-    if result.report.empty_clusters:
-        raise StrataError(
-            f"k-means left {result.report.empty_clusters} of {cfg.num_experts} clusters empty ({result.report.sizes}); "
-            "an expert needs images: use a smaller experts.num_experts or another cluster_seed"
-        )
-    write_clusters(url, result.labels, result.centroids, want)
-    return result.labels.astype(np.int64)
+# -- clusters (see expert_clusters) -------------------------------------------------------------
 
 
 def subset(data: ImageData, rows: torch.Tensor) -> ImageData:
@@ -250,18 +208,25 @@ def build_manifest(
         experts=[relative_to(base, paths.expert_checkpoints(i)) for i in range(cfg.num_experts)],
         router=relative_to(base, paths.router_checkpoints), router_num_clusters=cfg.num_experts,
         router_hidden=cfg.router_hidden, router_num_classes=num_classes if cfg.router_labels else 0,
-        diffusion_model=asdict(model_cfg), noise=asdict(noise_cfg),
+        diffusion_model=asdict(model_cfg), noise=asdict(noise_cfg), extra=manifest_extra(cfg),
     )
+
+
+def set_identity(manifest: ExpertSetManifest) -> dict:
+    """What jobs of one set must agree on: the manifest's identity and its clustering (sets
+    written before cluster_features existed clustered pixels)."""
+    extra = {"cluster_features": "pixels", **manifest.extra}
+    return {**manifest.identity(), **{f"extra.{key}": value for key, value in extra.items() if key != ENCODER_SHA}}
 
 
 def check_manifest_agrees(url: str, mine: ExpertSetManifest) -> None:
     """Refuse to add to a set whose existing manifest was written for other configs."""
     if not fs.exists(url):
         return
-    theirs = read_manifest(url).identity()
-    differ = [key for key, value in mine.identity().items() if theirs.get(key) != value]
+    theirs, ours = set_identity(read_manifest(url)), set_identity(mine)
+    differ = [key for key, value in ours.items() if theirs.get(key) != value]
     if differ:
-        detail = "; ".join(f"{key}: set has {theirs.get(key)!r}, this job {mine.identity()[key]!r}" for key in differ[:3])
+        detail = "; ".join(f"{key}: set has {theirs.get(key)!r}, this job {ours[key]!r}" for key in differ[:3])
         raise ConfigError(
             f"the expert set at '{url}' was made with other settings ({detail}). The experts of one set share one "
             "model, noise, router and clustering config; use the set's config, or another run_dir for a new set"
@@ -286,6 +251,9 @@ def _open_set(paths: ExpertPaths, data_cfg: DataConfig, model_cfg: DiffusionMode
     checksum = str(open_image_store(data_cfg.store).meta.arrays[IMAGES].get("checksum", ""))
     manifest = build_manifest(paths, data_cfg, model_cfg, noise_cfg, experts_cfg, checksum, data.image_shape, data.num_classes)
     check_manifest_agrees(paths.manifest, manifest)
+    if fs.exists(paths.manifest):
+        recorded = str(read_manifest(paths.manifest).extra.get(ENCODER_SHA, ""))
+        check_encoder(paths.encoder, recorded, f"the set's manifest '{paths.manifest}'")
     fs.makedirs(paths.root)  # also makes run_dir, where the metrics log goes
     return data, manifest
 
@@ -329,7 +297,11 @@ def train_experts(
         # 1. clusters: rank 0 makes or reads them, every rank gets them by broadcast.
         clusters = torch.zeros(len(data.images), dtype=torch.int64)
         if comm.rank == 0:
-            clusters = torch.from_numpy(cluster_labels(data_cfg.store, experts_cfg, paths.clusters, progress=progress and topology.is_main))
+            labels, encoder_sha = cluster_labels(data, data_cfg.store, experts_cfg, paths.clusters, paths.encoder,
+                                                 progress=progress and topology.is_main)
+            clusters = torch.from_numpy(labels)
+            if encoder_sha:
+                manifest.extra[ENCODER_SHA] = encoder_sha
         comm.broadcast(clusters, 0)
         sizes = torch.bincount(clusters, minlength=experts_cfg.num_experts).tolist()
         metrics.log("clusters", sizes=sizes, url=paths.clusters)

@@ -17,9 +17,14 @@ from torch import Tensor
 
 from strata.errors import ConfigError, StrataError
 from strata.models.diffusion.config import DiffusionModelConfig, NoiseConfig
-from strata.models.diffusion.router import MIXTURES, ExpertMixture
+from strata.models.diffusion.router import ExpertMixture
 from strata.models.diffusion.sampling import Denoiser, ddim_sample, ddpm_sample
 from strata.models.diffusion.schedule import NoiseSchedule
+from strata.runtime.diffusion.expert_mixture import (
+    GUIDANCE_ROUTINGS,
+    MIXTURES,
+    RoutedMixture,
+)
 from strata.runtime.diffusion.image_grid import write_grid
 from strata.runtime.diffusion.model_loading import load_ema_model, load_expert_set
 from strata.storage import checkpoint, fs
@@ -40,7 +45,12 @@ class SampleConfig:
     sampler: str = "ddim"
     """'ddim' (deterministic given the seed) or 'ddpm' (ancestral, all T steps)."""
     mixture: str = "top1"
-    """Expert sets: 'top1' (each sample to the expert the router ranks first) or 'weighted'."""
+    """Expert sets: 'top1' (each sample to the expert the router ranks first), 'top2' (the two it
+    ranks highest, by their renormalised probabilities) or 'weighted' (all, by the router's
+    probabilities); see :mod:`strata.runtime.diffusion.expert_mixture`."""
+    guidance_routing: str = "per_expert"
+    """Expert sets with guidance: 'per_expert' (both passes of a sample go to the experts chosen
+    for its class) or 'per_pass' (the unconditional pass routed on its own)."""
     seed: int = 0
     """Seed of the initial noise (and of DDPM's noise)."""
 
@@ -51,6 +61,8 @@ class SampleConfig:
             raise ConfigError(f"sampler must be one of {', '.join(SAMPLERS)}, got '{self.sampler}'")
         if self.mixture not in MIXTURES:
             raise ConfigError(f"mixture must be one of {', '.join(MIXTURES)}, got '{self.mixture}'")
+        if self.guidance_routing not in GUIDANCE_ROUTINGS:
+            raise ConfigError(f"guidance_routing must be one of {', '.join(GUIDANCE_ROUTINGS)}, got '{self.guidance_routing}'")
         if self.guidance < 0:
             raise ConfigError(f"guidance must be >= 0, got {self.guidance}")
 
@@ -121,14 +133,15 @@ def find_source(path: str) -> tuple[str, str]:
 
 def open_source(
     path: str, *, mixture: str = "top1", device: str = "cpu", image_shape: tuple[int, int, int] | None = None,
-    model_cfg: DiffusionModelConfig | None = None, noise_cfg: NoiseConfig | None = None,
+    model_cfg: DiffusionModelConfig | None = None, noise_cfg: NoiseConfig | None = None, guidance_routing: str = "per_expert",
 ) -> Source:
     """Load what ``path`` names; ``image_shape`` (of a quality store, say) must match it.
     ``model_cfg``/``noise_cfg`` serve checkpoints that do not record their configs."""
     kind, url = find_source(path)
     if kind == "manifest":
         experts = load_expert_set(url, image_shape=image_shape, device=device)
-        denoiser = experts.mixture(mixture).to(device)
+        denoiser = RoutedMixture([e.model for e in experts.experts], experts.router, mode=mixture,
+                                 guidance_routing=guidance_routing).to(device)
         schedule = NoiseSchedule(experts.experts[0].noise_cfg).to(device)
         return Source("experts", url, denoiser, schedule, experts.manifest.num_classes, tuple(experts.manifest.image_shape))
     loaded = load_ema_model(url, model_cfg=model_cfg, noise_cfg=noise_cfg, device=device)
@@ -176,7 +189,8 @@ def sample(
 
         reference = load_image_data(quality_store)
     shape = reference.image_shape if reference is not None else None
-    source = open_source(path, mixture=cfg.mixture, device=device, image_shape=shape, model_cfg=model_cfg, noise_cfg=noise_cfg)
+    source = open_source(path, mixture=cfg.mixture, device=device, image_shape=shape, model_cfg=model_cfg, noise_cfg=noise_cfg,
+                         guidance_routing=cfg.guidance_routing)
     started = time.perf_counter()
     images, y = draw(source, cfg, progress=progress)
     seconds = time.perf_counter() - started

@@ -4,7 +4,7 @@ image of the set, learning which cluster a noisy image (and its class) came from
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -46,17 +46,34 @@ class RouterSummary:
     (the two above are measured with the null label). None without labels."""
     train_seconds: float
     checkpoint_dir: str
+    accuracy_by_noise: dict[str, float] = field(default_factory=dict)
+    """Accuracy per band of timesteps, keyed 'lo-hi' (t in [lo, hi)), told each image's class
+    when the router takes labels (as when sampling a class): how well it routes at each noise level."""
+
+
+NOISE_BANDS = (0.0, 0.05, 0.25, 0.5, 0.75, 1.0)
+"""Edges of the timestep bands of :attr:`RouterSummary.accuracy_by_noise`, as shares of T."""
+
+
+def accuracy_by_noise(router: Router, schedule: NoiseSchedule, images: torch.Tensor, clusters: torch.Tensor, *,
+                      labels: torch.Tensor | None = None, samples: int = 1024) -> dict[str, float]:
+    """Cluster accuracy of ``router`` in each band of :data:`NOISE_BANDS`."""
+    edges = sorted({round(share * schedule.timesteps) for share in NOISE_BANDS})
+    return {
+        f"{lo}-{hi}": router_accuracy(router, schedule, images, clusters, t_min=lo, t_max=hi, labels=labels, samples=samples)
+        for lo, hi in zip(edges, edges[1:])
+    }
 
 
 def router_accuracy(
     router: Router, schedule: NoiseSchedule, images: torch.Tensor, clusters: torch.Tensor, *, t_max: int,
-    labels: torch.Tensor | None = None, samples: int = 2048, seed: int = 1,
+    labels: torch.Tensor | None = None, samples: int = 2048, seed: int = 1, t_min: int = 0,
 ) -> float:
-    """Share of ``samples`` images, noised at t uniform in [0, t_max), whose cluster ``router``
+    """Share of ``samples`` images, noised at t uniform in [t_min, t_max), whose cluster ``router``
     predicts; told their class ``labels`` when given (else the null label)."""
     g = torch.Generator().manual_seed(seed)
     rows = torch.randint(0, len(images), (samples,), generator=g)
-    t = torch.randint(0, t_max, (samples,), generator=g)
+    t = torch.randint(t_min, t_max, (samples,), generator=g)
     noise = torch.randn((samples, *images.shape[1:]), generator=g)
     device = next(router.parameters()).device
     y = None if labels is None else labels[rows].to(device)
@@ -169,4 +186,5 @@ def train_router(
     small = router_accuracy(router, schedule, data.images, clusters, t_max=min(SMALL_T, schedule.timesteps))
     overall = router_accuracy(router, schedule, data.images, clusters, t_max=schedule.timesteps)
     given = router_accuracy(router, schedule, data.images, clusters, t_max=schedule.timesteps, labels=data.labels) if num_classes else None
-    return RouterSummary(state.step, state.last_loss, small, overall, given, state.train_seconds, root)
+    bands = accuracy_by_noise(router, schedule, data.images, clusters, labels=data.labels if num_classes else None)
+    return RouterSummary(state.step, state.last_loss, small, overall, given, state.train_seconds, root, bands)
