@@ -234,7 +234,7 @@ def test_incomplete_pack_is_refused_and_resumes_without_redoing_groups(syn_store
 
 
 def test_budget_too_small_for_the_batches_in_flight(syn_store: str) -> None:
-    with pytest.raises(ConfigError, match=r"host_cache_bytes = 1,000 cannot hold the 5 batch buffers in flight"):
+    with pytest.raises(ConfigError, match=r"host_cache_bytes = 1,000 cannot hold the 3 batch buffers in flight \(prefetch 0, workers 1\)"):
         pack(syn_store, SAMPLER, 1, host_cache_bytes=1000, progress=False)
 
 

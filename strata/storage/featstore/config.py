@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from strata.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 MODES = ("in_memory", "cached", "packed")
 
@@ -61,6 +64,24 @@ class FeaturesConfig:
         the one training and the one before it (until the loop lets it go), and per worker the
         packed segment a batch is assembled from."""
         return self.prefetch + 2 + self.workers if self.prefetch else 3
+
+    def fit_in_flight(self, row_bytes: int, max_batch_rows: int) -> None:
+        """Lower ``prefetch`` (and ``workers`` with it) in place until the batches in flight fit
+        ``host_cache_bytes``, saying so: a small budget trains with less read-ahead rather than
+        not at all. Whoever prefetches for a loader reads the lowered values from this config.
+        When even no read-ahead fits, :meth:`cache_rows` says how much is needed."""
+        wanted = (self.prefetch, self.workers)
+        while self.prefetch and self.batches_in_flight() * max_batch_rows * row_bytes > self.host_cache_bytes:
+            self.prefetch -= 1
+            self.workers = max(1, min(self.workers, self.prefetch))
+        if (self.prefetch, self.workers) != wanted:
+            log.warning(
+                "features.host_cache_bytes = %s holds %d batch buffers of up to %s rows x %d bytes, not the %d that "
+                "prefetch %d and workers %d need: loading with prefetch %d, workers %d (no hot-node cache left if the "
+                "buffers take it all); raise host_cache_bytes for more read-ahead",
+                f"{self.host_cache_bytes:,}", self.batches_in_flight(), f"{max_batch_rows:,}", row_bytes,
+                FeaturesConfig(prefetch=wanted[0], workers=wanted[1]).batches_in_flight(), *wanted, self.prefetch, self.workers,
+            )
 
     def cache_rows(self, row_bytes: int, max_batch_rows: int) -> int:
         """Rows the host cache may hold once the batches in flight are provided for."""

@@ -108,6 +108,7 @@ class PackedLoader:
         row_bytes = manifest.row_bytes
         hot = reader.hot_ids()  # hottest first: ranks [0, D) on the device, [D, D + H) on the host
         device_rows = min(len(hot), cfg.device_cache_bytes // row_bytes) if device.type == "cuda" else 0
+        cfg.fit_in_flight(row_bytes, summary.max_input_rows)
         cached = min(len(hot), device_rows + cfg.cache_rows(row_bytes, summary.max_input_rows))
         table = torch.from_numpy(reader.hot_rows(cached))
         dim = manifest.feat_dim
@@ -164,7 +165,9 @@ class CachedLoader:
         device = device or torch.device("cpu")
         num_nodes = len(csc[0]) - 1
         device_rows = cfg.device_cache_bytes // fallback.row_bytes if device.type == "cuda" else 0
-        cached = min(num_nodes, device_rows + cfg.cache_rows(fallback.row_bytes, sampler.max_input_rows(num_nodes)))
+        batch_rows = probe_batch_rows(self.sampler, self.plan, sampler.max_input_rows(num_nodes))
+        cfg.fit_in_flight(fallback.row_bytes, batch_rows)
+        cached = min(num_nodes, device_rows + cfg.cache_rows(fallback.row_bytes, batch_rows))
         degree = np.diff(csc[0])
         hot = np.lexsort((np.arange(num_nodes), -degree))[:cached].astype(np.int64)  # hottest first
         hot_sorted = np.sort(hot)
@@ -189,6 +192,25 @@ class CachedLoader:
 
     def close(self) -> None:
         pass
+
+
+PROBE_STEPS = 16
+PROBE_HEADROOM = 1.25
+
+
+def probe_batch_rows(sampler: NeighbourSampler, plan: EpochPlan, worst_case: int) -> int:
+    """Input rows to provide for per batch in flight, from batches actually sampled: the largest
+    of the first ``PROBE_STEPS`` steps of epoch 0, plus 25%, never above ``worst_case``.
+
+    The worst case (batch size x prod(1 + fanout)) is several times what batches hold once
+    neighbours repeat, and sizing for it left no room for a cache under budgets that the
+    batches fit easily. A later batch larger than the probe's bound overshoots the budget by
+    its excess only while it is in flight.
+    """
+    order = plan.order(0)
+    steps = min(PROBE_STEPS, plan.steps_per_epoch())
+    largest = max((len(sample_step(sampler, plan, order, 0, s).input_nodes) for s in range(steps)), default=0)
+    return min(worst_case, max(1, int(largest * PROBE_HEADROOM)))
 
 
 def open_packed(

@@ -235,6 +235,7 @@ class Packer:
 
     def _hot_set(self, counts: np.ndarray, max_rows: int) -> np.ndarray:
         """Hot node ids, hottest first (ties: lower id first); their rows written to hot/."""
+        self.budget.fit_in_flight(self.rows.row_bytes, max_rows)
         capacity = self.budget.cache_rows(self.rows.row_bytes, max_rows)
         touched = np.flatnonzero(counts)
         ranked = touched[np.lexsort((touched, -counts[touched]))]
