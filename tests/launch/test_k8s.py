@@ -399,3 +399,17 @@ def test_committed_examples_are_what_the_command_writes() -> None:
     name = k8s.k8s_name(raw["name"])
     for filename, docs in k8s.manifests(cfg, name, k8s.pod_config(raw, cfg, name)).items():
         assert (example / filename).read_text() == k8s.dump(docs), f"k8s/example/{filename} is stale"
+
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_pod_gets_the_grace_period_to_checkpoint_on_sigterm(shape: str) -> None:
+    cfg = k8s.K8sConfig(**SHAPES[shape], grace_seconds=300)
+    name = k8s.k8s_name(JOB["name"])
+    docs = _documents(k8s.manifests(cfg, name, k8s.pod_config(JOB, cfg, name)))
+    specs = [template["spec"] for doc in docs for _, template in _pod_templates(doc)]
+    # A TrainJob's podTemplateOverrides take no grace period: its ClusterTrainingRuntime sets it (k8s/README.md).
+    assert len(specs) >= 2  # the PyTorchJob's replicas and the Indexed Job
+    assert [spec["terminationGracePeriodSeconds"] for spec in specs] == [300] * len(specs)
+    with pytest.raises(k8s.ConfigError, match="grace_seconds"):
+        k8s.K8sConfig(image="x", grace_seconds=0)

@@ -129,6 +129,10 @@ def _register_k8s(targets: argparse._SubParsersAction) -> None:
         help="PyTorchJob: add a fixed-size elasticPolicy whose torchrun restarts failed workers this often",
     )
     p.add_argument("--pvc", default="", help="PersistentVolumeClaim for /scratch/runs (checkpoints outlive pods)")
+    p.add_argument(
+        "--grace-seconds", type=int, default=120,
+        help="pod termination grace period: time from SIGTERM to SIGKILL in which every rank checkpoints (default 120)",
+    )
     p.set_defaults(func=run_k8s)
 
 
@@ -141,7 +145,7 @@ def run_k8s(args: argparse.Namespace) -> int:
     cfg = k8s.K8sConfig(
         image=args.image, nodes=args.nodes, gpus_per_node=args.gpus_per_node, procs_per_node=args.procs_per_node,
         namespace=args.namespace, cpu=args.cpu, memory=args.memory, metrics_port=args.metrics_port,
-        master_port=args.master_port, max_restarts=args.max_restarts, pvc=args.pvc,
+        master_port=args.master_port, max_restarts=args.max_restarts, pvc=args.pvc, grace_seconds=args.grace_seconds,
     )
     name = k8s.k8s_name(args.name or job.name)
     config = k8s.pod_config(apply_overrides(load_yaml(args.config), args.overrides), cfg, name)
