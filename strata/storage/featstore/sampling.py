@@ -1,13 +1,13 @@
 """Deterministic neighbour sampling, shared by online training and the offline packer.
 
 A mini-batch is a pure function of (seed, epoch, step): the seed order of an epoch comes from
-``step_seed(seed, SHUFFLE, epoch, 0)`` and the neighbours of step ``s`` from
-``step_seed(seed, SAMPLE, epoch, s)`` (:func:`strata.storage.seeds.step_seed`), both through
-numpy generators. DGL's own neighbour sampler is not used here: its thread-local generators
-are seeded with ``seed + a per-process thread counter``, so with more than one OpenMP thread
-(or from a prefetch thread, or in another process such as ``strata pack``) the same seed gives
-different neighbours. DGL still builds the blocks (``dgl.create_block``), from the arrays
-sampled here.
+``step_seed(seed, SHUFFLE, epoch, 0)`` (a numpy generator) and the neighbours of step ``s``
+from a ``torch.Generator`` seeded with ``step_seed(seed, SAMPLE, epoch, s)``
+(:func:`strata.storage.seeds.step_seed`), drawn by strata's torch sampler
+(:class:`strata.graph.sampler.TorchSampler`, on the CPU). DGL's own neighbour sampler is not
+used here: its thread-local generators are seeded with ``seed + a per-process thread
+counter``, so with more than one OpenMP thread (or from a prefetch thread, or in another
+process such as ``strata pack``) the same seed gives different neighbours.
 
 A sampled batch is stored as numpy arrays (:class:`SampledBatch`) so the packer can write
 it and the reader rebuild exactly the same blocks. Node ids nest: the source nodes of every
@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from strata._dgl import dgl
 from strata.errors import ConfigError
-from strata.graph.csc import edge_ranges
+from strata.graph.block import Block
+from strata.graph.sampler import SampledBlocks, TorchSampler
 from strata.storage.seeds import step_seed
 
 SHUFFLE, SAMPLE = 0, 1
-SAMPLER_VERSION = "strata-uniform-v1"
-"""Names the sampling algorithm; part of a pack's fingerprint, bumped whenever results change."""
+SAMPLER_VERSION = "strata-uniform-v2"
+"""Names the sampling algorithm; part of a pack's fingerprint, bumped whenever results change
+(v2: torch's generator and first-appearance order of new nodes; v1 packs are refused)."""
 
 
 @dataclass
@@ -106,7 +107,7 @@ class BlockCSC:
 
 @dataclass
 class SampledBatch:
-    """The sampled neighbourhood of one step; everything needed to rebuild its DGL blocks."""
+    """The sampled neighbourhood of one step, as numpy arrays: everything needed to rebuild its blocks."""
 
     input_nodes: np.ndarray
     """Global ids of the first block's source nodes; every block's nodes are a prefix of these."""
@@ -117,8 +118,27 @@ class SampledBatch:
     def output_nodes(self) -> np.ndarray:
         return self.input_nodes[: self.layers[-1].num_dst]
 
+    @classmethod
+    def from_blocks(cls, sampled: SampledBlocks) -> SampledBatch:
+        """The numpy arrays of a sampler's CPU Blocks (shared, not copied)."""
+        layers = [BlockCSC(b.num_src, b.num_dst, b.indptr.numpy(), b.indices.numpy()) for b in sampled.blocks]
+        return cls(input_nodes=sampled.input_nodes.numpy(), layers=layers)
+
+    def to_graph_blocks(self) -> list[Block]:
+        """strata Blocks (CSC tensors sharing these arrays' memory; ``src_ids`` and ``dst_ids``
+        prefixes of ``input_nodes``), input layer first."""
+        ids = torch.from_numpy(np.ascontiguousarray(self.input_nodes, dtype=np.int64))
+        return [
+            Block(torch.from_numpy(np.ascontiguousarray(layer.indptr, dtype=np.int64)),
+                  torch.from_numpy(np.ascontiguousarray(layer.indices, dtype=np.int64)),
+                  layer.num_src, layer.num_dst, src_ids=ids[: layer.num_src], dst_ids=ids[: layer.num_dst])
+            for layer in self.layers
+        ]
+
     def to_blocks(self) -> list[object]:
         """DGL blocks with ``dgl.NID`` set on source and destination nodes."""
+        from strata._dgl import dgl
+
         ids = torch.from_numpy(np.ascontiguousarray(self.input_nodes, dtype=np.int64))
         no_eids = torch.empty(0, dtype=torch.int64)
         blocks = []
@@ -136,65 +156,31 @@ class SampledBatch:
 
 
 class NeighbourSampler:
-    """Uniform neighbour sampling without replacement over a CSC graph, all in numpy.
+    """Uniform neighbour sampling without replacement over a CSC graph, numpy in and out.
 
-    For each destination with more in-edges than the fanout, ``fanout`` distinct edges are
-    drawn with Floyd's algorithm (O(fanout^2) per node, whatever its degree, so hubs cost no
-    more than anyone else); the chosen edges keep their CSC order. New source nodes follow
-    the destinations in ascending id order, which also makes feature reads more sequential.
+    The sampling is :class:`strata.graph.sampler.TorchSampler`'s (vectorised torch; Floyd's
+    algorithm for nodes with more in-edges than the fanout, so hubs cost no more than anyone
+    else; the chosen edges keep their CSC order); this class keeps the numpy arrays of
+    :class:`SampledBatch` that the packer writes. New source nodes follow the destinations in
+    the order they first appear among the sampled edges.
     """
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, fanouts: list[int]) -> None:
         self.indptr = np.asarray(indptr, dtype=np.int64)
         self.indices = np.asarray(indices, dtype=np.int64)
         self.fanouts = list(fanouts)
+        self.sampler = TorchSampler(self.indptr, self.indices, self.fanouts)  # shares the arrays' memory
 
-    def sample(self, seeds: np.ndarray, rng: np.random.Generator) -> SampledBatch:
-        nodes = np.asarray(seeds, dtype=np.int64)
-        layers: list[BlockCSC] = []
-        for fanout in reversed(self.fanouts):
-            block, nodes = self._sample_layer(nodes, fanout, rng)
-            layers.insert(0, block)
-        return SampledBatch(input_nodes=nodes, layers=layers)
-
-    def _sample_layer(self, dst: np.ndarray, fanout: int, rng: np.random.Generator) -> tuple[BlockCSC, np.ndarray]:
-        starts = self.indptr[dst]
-        deg = self.indptr[dst + 1] - starts
-        take = deg if fanout < 0 else np.minimum(deg, fanout)
-        out_indptr = np.zeros(len(dst) + 1, dtype=np.int64)
-        np.cumsum(take, out=out_indptr[1:])
-        edge_pos = np.empty(out_indptr[-1], dtype=np.int64)  # (num_edges,) positions in self.indices
-
-        whole = take == deg  # every in-edge taken, in CSC order
-        edge_pos[edge_ranges(out_indptr, np.flatnonzero(whole))[1]] = edge_ranges(self.indptr, dst[whole])[1]
-        if not whole.all():
-            picked = _floyd_sample(deg[~whole], fanout, rng)  # (num_big, fanout), sorted per row
-            target = out_indptr[:-1][~whole][:, None] + np.arange(fanout)
-            edge_pos[target] = picked + starts[~whole][:, None]
-
-        src_global = self.indices[edge_pos]
-        new = np.setdiff1d(src_global, dst)  # sorted, unique, not already a destination
-        src_nodes = np.concatenate([dst, new])
-        by_id = np.argsort(src_nodes, kind="stable")
-        local_src = by_id[np.searchsorted(src_nodes[by_id], src_global)]
-        block = BlockCSC(num_src=len(src_nodes), num_dst=len(dst), indptr=out_indptr, indices=local_src)
-        return block, src_nodes
-
-
-def _floyd_sample(deg: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """For each row, ``k`` distinct positions in [0, deg) chosen uniformly, sorted; needs deg > k."""
-    chosen = np.empty((len(deg), k), dtype=np.int64)
-    for i in range(k):
-        upper = deg - k + i  # Floyd: j runs over deg-k .. deg-1
-        t = rng.integers(0, upper + 1)
-        seen = (chosen[:, :i] == t[:, None]).any(axis=1)
-        chosen[:, i] = np.where(seen, upper, t)
-    chosen.sort(axis=1)
-    return chosen
+    def sample(self, seeds: np.ndarray, rng: torch.Generator | np.random.Generator) -> SampledBatch:
+        """The batch of ``seeds``, drawing from ``rng`` (a numpy generator seeds a torch one)."""
+        if isinstance(rng, np.random.Generator):
+            rng = torch.Generator().manual_seed(int(rng.integers(0, 2**63 - 1)))
+        sampled = self.sampler.sample(torch.from_numpy(np.ascontiguousarray(seeds, dtype=np.int64)), rng)
+        return SampledBatch.from_blocks(sampled)
 
 
 def sample_step(sampler: NeighbourSampler, plan: EpochPlan, order: np.ndarray, epoch: int, step: int) -> SampledBatch:
     """The batch of (plan.seed, epoch, step), given the epoch's seed ``order``."""
-    rng = np.random.default_rng(step_seed(plan.seed, SAMPLE, epoch, step))
-    return sampler.sample(plan.seeds(order, step), rng)
+    generator = torch.Generator().manual_seed(step_seed(plan.seed, SAMPLE, epoch, step))
+    return sampler.sample(plan.seeds(order, step), generator)
 
