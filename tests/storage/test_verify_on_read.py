@@ -1,6 +1,7 @@
 """A damaged or crafted store is refused when it is opened or read, naming the array and the
 chunk, before any kernel sees it: through `strata train` in real processes, and in-process for
-the cache of the bounds checks and the refusal of schema-1 stores."""
+the cache of the bounds checks and the refusal of schema-1 stores. The run-directory lock's
+test shares the training processes."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import hashlib
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +98,24 @@ CASES = {
 
 
 TRAIN_EACH = """
-import contextlib, io, json, sys
+import contextlib, io, json, sys, time
 from strata.launch.cli import main
+
+def stopped_holder(lock):
+    # the training that holds the run directory, once the test has stopped it (SIGSTOP)
+    while True:
+        try:
+            pid = json.loads(open(lock).read())["pid"]
+            if open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T":
+                return pid
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.01)
+
 results = {}
-for name, job, run_dir in json.loads(sys.argv[1]):
+for name, job, run_dir, wait_for in json.loads(sys.argv[1]):
+    if wait_for:
+        stopped_holder(wait_for)
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         code = main(["train", job, "-q", "--set", f"run_dir={run_dir}"])
@@ -106,30 +124,77 @@ print(json.dumps(results))
 """
 
 
-def test_training_refuses_each_damaged_or_crafted_store_naming_array_and_chunk(clean_store: str, tmp_path: Path) -> None:
-    """Each case is one `strata train` through the command line's entry point, all in one real
-    process (torch is imported once): a native crash on any of them fails the test."""
+@pytest.fixture(scope="module")
+def trainings(clean_store: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every case of this file that trains, in two real processes (torch is imported twice, not
+    nine times): a training on the clean store into runs/shared, stopped (SIGSTOP) once it holds
+    that run directory, and one process that trains through the command line's entry point on
+    each damaged store, then into runs/shared. A native crash there fails every test using it."""
+    root = tmp_path_factory.mktemp("trainings")
     runs = []
     for name, (damage, _) in CASES.items():
-        url = str(tmp_path / name)
+        url = str(root / name)
         shutil.copytree(clean_store, url)
         damage(url)
-        job = tmp_path / f"{name}.yaml"
-        job.write_text(JOB.format(store=url))
-        runs.append((name, str(job), str(tmp_path / "runs" / name)))
-    proc = subprocess.run([sys.executable, "-c", TRAIN_EACH, json.dumps(runs)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, f"the trainings crashed the process (rc {proc.returncode}):\n{proc.stderr[-3000:]}"
-    results = json.loads(proc.stdout.strip().splitlines()[-1])
+        (root / f"{name}.yaml").write_text(JOB.format(store=url))
+        runs.append((name, str(root / f"{name}.yaml"), str(root / "runs" / name), ""))
+    (root / "clean.yaml").write_text(JOB.format(store=clean_store))
+    lock = root / "runs" / "shared" / ".checkpoints.lock"
+    runs.append(("second", str(root / "clean.yaml"), str(root / "runs" / "shared"), str(lock)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "strata.launch.cli", "train", str(root / "clean.yaml"), "-q",
+                              "--set", f"run_dir={root / 'runs' / 'shared'}"], cwd=root, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    each = subprocess.Popen([sys.executable, "-c", TRAIN_EACH, json.dumps(runs)], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and first.poll() is None:
+            try:
+                if json.loads(lock.read_text()).get("pid") == first.pid:
+                    first.send_signal(signal.SIGSTOP)
+                    break
+            except (FileNotFoundError, ValueError):
+                time.sleep(0.005)
+        each_out, each_err = each.communicate(timeout=240)
+    finally:
+        first.send_signal(signal.SIGCONT)
+        each.kill()
+    first_out, first_err = first.communicate(timeout=240)
+    return {"root": root, "first": (first.pid, first.returncode, first_err), "each": (each.returncode, each_out, each_err), "lock": lock}
+
+
+def _results(trainings: dict[str, Any]) -> dict[str, list]:
+    code, out, err = trainings["each"]
+    assert code == 0, f"the trainings crashed the process (rc {code}):\n{err[-3000:]}"
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_training_refuses_each_damaged_or_crafted_store_naming_array_and_chunk(clean_store: str, trainings: dict) -> None:
     meta = _marker(clean_store)
-    for name, (code, err) in results.items():
+    results = _results(trainings)
+    for name in CASES:
+        code, err = results[name]
         expected = CASES[name][1]
         if "%d" in expected:
             key = layout.INDICES if name == "indices" else layout.split_key("train")
             expected = expected % (meta["arrays"][key]["shape"][0] - 1)
         assert code == 2, f"{name}: rc {code}\n{err}"
         assert expected in err and "is corrupt" in err and "Traceback" not in err, f"{name}:\n{err}"
-        assert not (tmp_path / "runs" / name / "checkpoints").exists(), name
+        assert not (trainings["root"] / "runs" / name / "checkpoints").exists(), name
+
+
+def test_a_second_training_into_a_run_directory_in_use_is_refused_naming_the_first(trainings: dict) -> None:
+    """(The lock of strata.runtime.checkpointing.claim; here to share the processes above.)"""
+    code, err = _results(trainings)["second"]
+    pid, first_code, first_err = trainings["first"]
+    assert code == 2 and "Traceback" not in err, err
+    assert f"is being written by strata train, pid {pid} on host {socket.gethostname()}" in err, err
+    assert "give this one another run_dir" in err
+    assert first_code == 0, first_err  # the first one finishes, its checkpoint kept
+    checkpoints = trainings["root"] / "runs" / "shared" / "checkpoints"
+    assert [p.name for p in checkpoints.iterdir() if p.name.startswith("step-")] == ["step-00000003"]
+    assert not trainings["lock"].exists()
 
 
 def test_the_bounds_checks_run_once_per_content_and_a_copied_cache_vouches_for_nothing(clean_store: str, tmp_path: Path) -> None:
