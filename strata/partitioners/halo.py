@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from strata.graph.csc import edge_ranges
+from strata.storage.sorted_unique import sorted_unique
 
 
 def upstream_halo(indptr: np.ndarray, indices: np.ndarray, owned: np.ndarray, hops: int, scratch: np.ndarray) -> list[np.ndarray]:
@@ -24,7 +25,7 @@ def upstream_halo(indptr: np.ndarray, indices: np.ndarray, owned: np.ndarray, ho
     rings = []
     for _ in range(hops):
         sources = indices[edge_ranges(indptr, frontier)[1]]
-        ring = np.unique(sources[~scratch[sources]])
+        ring = sorted_unique(sources[~scratch[sources]])
         scratch[ring] = True
         rings.append(ring)
         frontier = ring

@@ -37,6 +37,7 @@ from strata.storage.featstore.sampling import (
 )
 from strata.storage.markers import read_marker
 from strata.storage.rows import ChunkedRows
+from strata.storage.sorted_unique import sorted_unique
 from strata.storage.store import DatasetStore
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,7 @@ class Packer:
         hot_sorted = hot[order]
         ranks = [_hot_rank(b.input_nodes, hot_sorted, order) for b in records]
         wanted = [b.input_nodes[r < 0] for b, r in zip(records, ranks)]
-        union = np.unique(np.concatenate(wanted)) if wanted else np.empty(0, np.int64)
+        union = sorted_unique(np.concatenate(wanted)) if wanted else np.empty(0, np.int64)
         rows = self.rows.gather_sorted(union)  # (len(union), F), read in chunk runs
         self.bytes_read += sum(stop - start for start, stop in self.rows.runs(union)) * self.rows.row_bytes
         index = fmt.GroupIndex()

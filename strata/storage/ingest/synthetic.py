@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from strata.errors import IngestError
 from strata.storage import layout
+from strata.storage.sorted_unique import sorted_unique
 from strata.storage.store import DatasetMeta, DatasetWriter
 
 _GEN_BLOCK = 65_536  # destinations per random stream; fixed so results never depend on chunking
@@ -116,7 +117,7 @@ def generate_block(cfg: SyntheticGraphConfig, sources: _Sources, labels: np.ndar
     deg = _in_degrees(cfg, rng, hi - lo)
     dst = np.repeat(np.arange(lo, hi, dtype=np.int64), deg)
     src = sources.draw(labels[dst], rng)
-    keys = np.unique(dst * cfg.num_nodes + src)  # sorts by (dst, src) and drops duplicates
+    keys = sorted_unique(dst * cfg.num_nodes + src)  # sorts by (dst, src) and drops duplicates
     dst, src = keys // cfg.num_nodes, keys % cfg.num_nodes
     keep = src != dst
     dst, src = dst[keep], src[keep]
