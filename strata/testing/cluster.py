@@ -151,7 +151,7 @@ class Cluster:
         for proc in self._procs:
             _stop_group(proc)
         self._procs.clear()
-        for step in [*(lambda h=h: netns.delete_netns(h.netns) for h in self.hosts), lambda: netns.delete_link(self._bridge)]:
+        for step in [*(lambda h=h: netns.delete_netns(h.netns, h.link) for h in self.hosts), lambda: netns.delete_link(self._bridge)]:
             try:
                 step()
             except ClusterError as exc:
@@ -218,6 +218,16 @@ class Cluster:
         if check and proc.returncode != 0:
             raise ClusterError(f"{' '.join(argv)} on {self.host(host).name} failed ({proc.returncode}):\n{out[-2000:]}\n{err[-2000:]}")
         return done
+
+    def stop(self, proc: subprocess.Popen) -> None:
+        """Stop a process :meth:`popen` started, and its process group (SIGTERM, then SIGKILL)."""
+        _stop_group(proc)
+        if proc in self._procs:
+            self._procs.remove(proc)
+
+    def kill(self, host: int | str) -> None:
+        """Kill every process running on ``host`` (as when the machine dies); the host stays up."""
+        netns.kill_netns_processes(self.host(host).netns, hard=True)
 
     # -- the record ----------------------------------------------------------------------------
 
@@ -293,9 +303,9 @@ def cleanup(prefix: str = "stc", *, tag: str | None = None, include_held: bool =
         tags = [tag]
     for t in tags:
         stem = f"{prefix}{t}"
-        for name in netns.list_netns() + netns.list_etc_netns():
+        for name in sorted(set(netns.list_netns() + netns.list_etc_netns())):
             if name.startswith(f"{stem}-host"):
-                netns.delete_netns(name)
+                netns.delete_netns(name, f"{stem}v{name.rpartition('-host')[2]}")
         for name in netns.list_links():
             if name.startswith(stem):
                 netns.delete_link(name)

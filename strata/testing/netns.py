@@ -134,9 +134,11 @@ def netns_pids(netns: str) -> list[int]:
     return [int(pid) for pid in proc.stdout.split() if pid.isdigit()]
 
 
-def kill_netns_processes(netns: str, grace: float = 5.0) -> None:
-    """SIGTERM every process inside ``netns``, then SIGKILL those still there after ``grace``."""
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+def kill_netns_processes(netns: str, grace: float = 5.0, *, hard: bool = False) -> None:
+    """SIGTERM every process inside ``netns``, then SIGKILL those still there after ``grace``
+    (``hard``: SIGKILL at once, as when the machine dies)."""
+    steps = [(signal.SIGKILL, 5.0)] if hard else [(signal.SIGTERM, grace), (signal.SIGKILL, 5.0)]
+    for sig, wait in steps:
         pids = netns_pids(netns)
         for pid in pids:
             try:
@@ -152,10 +154,15 @@ def kill_netns_processes(netns: str, grace: float = 5.0) -> None:
     raise ClusterError(f"processes {netns_pids(netns)} in namespace {netns} outlived SIGKILL")
 
 
-def delete_netns(netns: str) -> None:
-    """Kill what runs in ``netns``, delete it (its eth0 and the veth pair go with it) and its /etc/netns folder."""
+def delete_netns(netns: str, veth: str | None = None) -> None:
+    """Kill what runs in ``netns``, delete its cable ``veth`` (both ends), then the namespace and
+    its /etc/netns folder. The cable goes first and explicitly: the kernel removes the
+    interfaces of a deleted namespace later, in the background."""
     if netns in list_netns():
         kill_netns_processes(netns)
+    if veth:
+        delete_link(veth)
+    if netns in list_netns():
         sh("ip", "netns", "del", netns)
     shutil.rmtree(NETNS_ETC / netns, ignore_errors=True)
 

@@ -3,14 +3,27 @@
 The process group is the one piece of process-wide state strata keeps (torch.distributed
 owns it). :func:`process_group` forms it when the job has more than one process and
 destroys it on the way out, whether training ended, failed or was interrupted.
+
+When a collective fails inside the group (a peer's link was cut, its host died, its process
+ended), the backend's own error names neither the peer nor its host ("Timed out waiting
+600000ms for recv operation"). So at check-in every rank publishes where it runs (host name,
+address) and opens a probe socket, a listening socket no one accepts on: the kernel answers
+a peer's connect while the host is reachable, refuses it once the process is gone, and
+nothing answers a host that is cut off. A failed collective then becomes a
+:class:`StrataError` that names each peer that is unreachable or gone, by rank and host.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
+import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, contextmanager
+from dataclasses import asdict, dataclass
 from datetime import timedelta
 
 import torch
@@ -67,16 +80,26 @@ def process_group(topology: Topology, *, timeout_seconds: float = 600.0) -> Iter
             f"{timeout_seconds:g}s: {exc}. Check that every rank was started and that the address is reachable"
         ) from exc
     finished = False
+    probe = _probe_socket()
     try:
+        me = Peer(topology.rank, socket.gethostname(), _address_towards(topology.master_addr), probe.getsockname()[1])
+        store.set(f"peer/{topology.rank}", json.dumps(asdict(me)))
         _check_in(store, topology, timeout_seconds)
+        peers = _peers(store, topology.world_size)
         log.info(
             "rank %d/%d joined the %s process group at %s:%d (%s)",
             topology.rank, topology.world_size, topology.backend, topology.master_addr, topology.master_port,
             topology.launcher,
         )
-        yield
+        try:
+            yield
+        except RuntimeError as exc:  # the backends' errors (torch.distributed.DistError among them)
+            if not _is_comm_failure(exc):
+                raise
+            raise StrataError(lost_contact_message(me, peers, exc, timeout_seconds)) from exc
         finished = True
     finally:
+        probe.close()
         dist.destroy_process_group()
         if finished:
             _check_out(store, topology)
@@ -126,3 +149,86 @@ def _check_out(store: dist.Store, topology: Topology, wait_seconds: float = 30.0
             log.warning("rank 0 leaves before every rank checked out of the rendezvous store (waited %gs)", wait_seconds)
             return
         time.sleep(0.005)
+
+
+# -- naming the peer a failed collective lost -----------------------------------------------------
+
+PROBE_SECONDS = 2.0
+"""How long a probe waits for a peer's host to answer before calling it unreachable."""
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Where one rank runs, as it told the others at check-in."""
+
+    rank: int
+    host: str
+    """Its host name."""
+    address: str
+    """Its address on the network the job uses (the one towards the rendezvous host)."""
+    probe_port: int
+    """Its probe socket's port (see the module docstring)."""
+
+    def __str__(self) -> str:
+        return f"rank {self.rank} on {self.host} ({self.address})"
+
+
+def _probe_socket() -> socket.socket:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    probe.bind(("0.0.0.0", 0))
+    probe.listen(128)
+    return probe
+
+
+def _address_towards(master_addr: str) -> str:
+    """This host's address on the route to ``master_addr`` (no packet is sent)."""
+    try:
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as udp:
+            udp.connect((master_addr, 9))
+            return udp.getsockname()[0]
+    except OSError:
+        return "unknown address"
+
+
+def _peers(store: dist.Store, world_size: int) -> list[Peer]:
+    """Every rank's :class:`Peer`, read once at check-in (later the store may be out of reach too)."""
+    values = store.multi_get([f"peer/{rank}" for rank in range(world_size)])
+    return [Peer(**json.loads(bytes(value).decode())) for value in values]
+
+
+def _is_comm_failure(exc: RuntimeError) -> bool:
+    if isinstance(exc, dist.DistError):
+        return True
+    return re.search(r"gloo|nccl|connection|timed out|broken pipe|peer", str(exc), re.IGNORECASE) is not None
+
+
+def probe(peer: Peer, timeout: float = PROBE_SECONDS) -> str:
+    """'reachable', 'gone' (its host refused: the process ended) or 'unreachable' (no answer)."""
+    try:
+        with socket.create_connection((peer.address, peer.probe_port), timeout=timeout):
+            return "reachable"
+    except ConnectionRefusedError:
+        return "gone"
+    except OSError:  # a timeout, no route to host, network unreachable
+        return "unreachable"
+
+
+def lost_contact_message(me: Peer, peers: list[Peer], exc: BaseException, timeout_seconds: float) -> str:
+    """What a rank says when a collective failed: which peers it cannot reach, and what to do."""
+    others = [p for p in peers if p.rank != me.rank]
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(others)))) as pool:
+        states = dict(zip((p.rank for p in others), pool.map(probe, others)))
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+    unreachable = [p for p in others if states[p.rank] == "unreachable"]
+    gone = [p for p in others if states[p.rank] == "gone"]
+    said = [f"{me} lost contact with the job: a collective failed ({cause}; distributed.timeout_seconds={timeout_seconds:g})."]
+    if unreachable:
+        hosts = sorted({p.host for p in unreachable})
+        said.append(f"Unreachable: {', '.join(map(str, unreachable))}: no answer within {PROBE_SECONDS:g}s, "
+                    f"a cut link or a dead host. Check the network of {', '.join(hosts)}.")
+    if gone:
+        said.append(f"Gone: {', '.join(map(str, gone))}: the host answers but the process has ended; see its own error.")
+    if not unreachable and not gone:
+        said.append("Every peer's host still answers, so the network is up: see the other ranks' errors.")
+    said.append("Resume from the last checkpoint with --resume once every host is back.")
+    return " ".join(said)
