@@ -46,10 +46,21 @@ def save(root: str, step: int, shard: dict[str, Any], *, keep: int, comm: Comm) 
     comm.barrier()
 
 
-def restore(root: str, comm: Comm) -> tuple[int, dict[str, Any]] | None:
+FIXED_SHARDS = (
+    "each rank's optimizer, RNG and data position are in its own shard and this job cannot re-split them"
+)
+"""Why a job resumes only at the process count that wrote its checkpoint, unless it says otherwise."""
+
+
+def restore(root: str, comm: Comm, *, fixed: str = FIXED_SHARDS) -> tuple[int, dict[str, Any]] | None:
     """(step, this rank's shard) of the newest complete checkpoint under ``root`` whose every
     shard reads back intact, or None when there is no complete checkpoint. A corrupt or
-    unreadable newer one is skipped with a warning; if none is usable, that is an error."""
+    unreadable newer one is skipped with a warning; if none is usable, that is an error.
+
+    A checkpoint written by another number of processes is refused, saying why (``fixed``),
+    unless ``fixed`` is empty: then every rank reads shard 0 (the replicas' model and optimizer
+    and the loop's position, the same on every rank of a data-parallel job) and the caller
+    re-splits the rest; :func:`written_by` tells how many processes wrote it."""
     steps = checkpoint.complete_steps(root) if comm.rank == 0 else []
     count = comm.broadcast_int(len(steps))
     if count == 0:
@@ -58,9 +69,9 @@ def restore(root: str, comm: Comm) -> tuple[int, dict[str, Any]] | None:
     skipped: list[str] = []
     for index in range(count):
         step = comm.broadcast_int(steps[-1 - index] if comm.rank == 0 else -1)
-        _check_world_size(root, step, comm)
+        shard_rank = comm.rank if _check_world_size(root, step, comm, fixed) else 0
         try:
-            shard, failure = checkpoint.read_shard(root, step, comm.rank), ""
+            shard, failure = checkpoint.read_shard(root, step, shard_rank), ""
         except CheckpointError as exc:
             shard, failure = None, str(exc)
         failed = comm.sum_floats([float(bool(failure))])[0] if comm.world_size > 1 else float(bool(failure))
@@ -76,14 +87,21 @@ def restore(root: str, comm: Comm) -> tuple[int, dict[str, Any]] | None:
     )
 
 
-def _check_world_size(root: str, step: int, comm: Comm) -> None:
-    written_by = checkpoint.read_marker(root, step)["world_size"]
-    if written_by != comm.world_size:
+def written_by(root: str, step: int) -> int:
+    """How many processes wrote checkpoint ``step`` under ``root``."""
+    return int(checkpoint.read_marker(root, step)["world_size"])
+
+
+def _check_world_size(root: str, step: int, comm: Comm, fixed: str) -> bool:
+    """Whether checkpoint ``step`` was written by as many processes as this run has; refused
+    (naming ``fixed``, why the job cannot re-split) when not and ``fixed`` is set."""
+    count = written_by(root, step)
+    if count != comm.world_size and fixed:
         raise CheckpointError(
-            f"checkpoint step {step} under '{root}' was written by {written_by} processes but this run has "
-            f"{comm.world_size}: each rank's optimizer, RNG and data position are in its own shard and cannot be "
-            f"re-split; resume with {written_by} processes, or start afresh with another checkpoint.dir"
+            f"checkpoint step {step} under '{root}' was written by {count} processes but this run has "
+            f"{comm.world_size}: {fixed}; resume with {count} processes, or start afresh with another checkpoint.dir"
         )
+    return count == comm.world_size
 
 
 def load_states(step: int, root: str, pairs: dict[str, tuple[Any, dict[str, Any]]]) -> None:

@@ -109,6 +109,21 @@ class Job(Protocol):
         ...
 
 
+class ElasticJob(Job, Protocol):
+    """A job that may resume at another number of processes than wrote its checkpoint (elastic
+    resume). A job without these methods resumes only at the same number."""
+
+    def fixed_world_size(self) -> str:
+        """Why this job resumes only at the process count that wrote its checkpoint; empty when it
+        can re-split (every rank then loads shard 0 and :meth:`resplit` does the rest)."""
+        ...
+
+    def resplit(self, written_by: int, state: LoopState) -> None:
+        """After :meth:`Job.load_state_dict` of shard 0 of a checkpoint that ``written_by``
+        processes wrote at ``state``: re-derive this rank's RNG and data position."""
+        ...
+
+
 @dataclass
 class LoopConfig:
     """How the loop runs a job; each job maps its config section onto it."""
@@ -158,6 +173,9 @@ class LoopState:
     """Seconds spent in steps in this run (not restored on resume)."""
     scores: dict[str, float] = field(default_factory=dict)
     """The job's latest evaluation, for the progress bar."""
+    resumed_from: int = 0
+    """Processes that wrote the checkpoint this run resumed from, when not as many as this run
+    has (elastic resume); 0 otherwise (not saved)."""
 
     @property
     def global_step(self) -> int:
@@ -193,6 +211,8 @@ def micro_scales(micro_batches: Sequence[Any]) -> list[float]:
     """Each micro-batch's weight in its step: its share of the step's samples."""
     sizes = [len(batch) for batch in micro_batches]
     total = sum(sizes)
+    if not sizes:  # a rank with no micro-batch left in an elastic resume's last step of an epoch
+        return []
     if total == 0:
         return [1.0 / len(sizes)] * len(sizes)
     return [size / total for size in sizes]
@@ -206,15 +226,26 @@ def save_checkpoint(job: Job, state: LoopState, cfg: LoopConfig, comm: Comm) -> 
 
 
 def restore_checkpoint(job: Job, cfg: LoopConfig, comm: Comm) -> LoopState | None:
-    """The loop state of the newest complete checkpoint, with the job restored; None if none."""
-    found = checkpointing.restore(cfg.checkpoint_dir, comm)
+    """The loop state of the newest complete checkpoint, with the job restored; None if none.
+
+    A checkpoint written by another number of processes resumes when the job can re-split
+    (:class:`ElasticJob`): every rank loads shard 0, then the job re-derives its RNG and data
+    position; otherwise it is refused, saying why."""
+    fixed = job.fixed_world_size() if hasattr(job, "fixed_world_size") else checkpointing.FIXED_SHARDS
+    found = checkpointing.restore(cfg.checkpoint_dir, comm, fixed=fixed)
     if found is None:
         return None
     step, shard = found
-    loop = loop_state_of(shard.get("loop", {}), step, cfg.checkpoint_dir)
+    state = LoopState(**loop_state_of(shard.get("loop", {}), step, cfg.checkpoint_dir))
     job.load_state_dict(shard, step, cfg.checkpoint_dir)
-    torch.set_rng_state(shard["torch_rng"])
-    return LoopState(**loop)
+    written_by = checkpointing.written_by(cfg.checkpoint_dir, step)
+    if written_by == comm.world_size:
+        torch.set_rng_state(shard["torch_rng"])
+        return state
+    job.resplit(written_by, state)  # type: ignore[attr-defined]
+    state.resumed_from = written_by
+    log.warning("resumed step %d, written by %d processes, at %d processes", step, written_by, comm.world_size)
+    return state
 
 
 def loop_state_of(saved: dict[str, Any], step: int, root: str) -> dict[str, Any]:
@@ -256,7 +287,8 @@ def run_loop(
         checkpointing.claim(cfg.checkpoint_dir, cfg.identity, comm, resume=resume, overwrite=cfg.overwrite)
     if resume:
         state = restore_checkpoint(job, cfg, comm) or state
-    metrics.log("start", resumed_at=state.step, **(start_record or {}))
+    elastic = {"resumed_from_world_size": state.resumed_from, "resumed_to_world_size": comm.world_size} if state.resumed_from else {}
+    metrics.log("start", resumed_at=state.step, **elastic, **(start_record or {}))
     stop = StopRequest()
     total = _planned_steps(job, cfg)
     # A bar on a terminal, else a line in the log every half minute (strata.runtime.progress).

@@ -33,6 +33,8 @@ from strata.runtime import checkpointing
 from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.topology import Topology, single_process
+from strata.runtime.gnn import elastic
+from strata.runtime.gnn.batches import BatchSource
 from strata.runtime.gnn.config import PipelineConfig, TrainConfig
 from strata.runtime.gnn.data import NodeData, load_node_data
 from strata.runtime.gnn.executors.base import BuildContext, GNNExecutor
@@ -80,22 +82,39 @@ class BestSoFar:
 
 
 class NodeClassificationJob:
-    """What node classification plugs into the loop."""
+    """What node classification plugs into the loop; resumes at another process count
+    (:class:`strata.runtime.loop.ElasticJob`) when its executor can re-split."""
 
-    def __init__(self, executor: GNNExecutor, optimizer: torch.optim.Optimizer, cfg: TrainConfig, metrics: TrainingMetrics) -> None:
+    def __init__(self, executor: GNNExecutor, optimizer: torch.optim.Optimizer, cfg: TrainConfig, metrics: TrainingMetrics,
+                 *, comm: Comm | None = None, open_share: Callable[[int, int], BatchSource] | None = None) -> None:
         self.executor = executor
         self.model = executor.model
         self.optimizer = optimizer
         self.cfg = cfg
         self.metrics = metrics
+        self.comm = comm or Comm(0, 1)
+        self.open_share = open_share
+        """(old rank, old world size) -> that rank's batch source: minibatch only, for elastic resume."""
+        self.remainder: elastic.RemainderBatches | None = None
+        """The rest of an epoch interrupted at another process count, while it is being trained."""
+        self.recorder = elastic.BatchRecorder.from_env(self.comm.rank)
         self.best = BestSoFar()
         self.best_weights: dict[str, Tensor] = copy.deepcopy(self.model.state_dict())
 
     def steps_per_epoch(self) -> int:
+        if self.remainder is not None:
+            return self.remainder.steps_per_epoch()
         return math.ceil(self.executor.steps_per_epoch() / self.cfg.grad_accum)
 
     def steps(self, epoch: int, start: int) -> Iterator[list[Any]]:
-        """The executor's micro-batches, ``grad_accum`` to a step (the last step of an epoch may have fewer)."""
+        """The executor's micro-batches, ``grad_accum`` to a step (the last step of an epoch may
+        have fewer); the dealt remainder of an epoch interrupted at another process count."""
+        steps = self.remainder.steps(start) if self.remainder is not None else self._steps(epoch, start)
+        if self.recorder is None:
+            return steps
+        return self.recorder.recording(steps, epoch, start, self.comm.world_size)
+
+    def _steps(self, epoch: int, start: int) -> Iterator[list[Any]]:
         step: list[Any] = []
         for batch in self.executor.epoch(epoch, start * self.cfg.grad_accum):
             step.append(batch)
@@ -109,6 +128,7 @@ class NodeClassificationJob:
         pass
 
     def end_epoch(self, state: LoopState) -> bool:
+        self.close_remainder()
         scores = self.executor.evaluate()
         best = self.best
         acc, loss = scores.get("valid_acc", 0.0), scores.get("valid_loss", math.inf)
@@ -129,16 +149,50 @@ class NodeClassificationJob:
             "optimizer": self.optimizer.state_dict(),
             "best_model": self.best_weights,
             "job": asdict(self.best),
+            "elastic": None if self.remainder is None else self.remainder.remainder.state_dict(),
         }
 
     def load_state_dict(self, shard: dict[str, Any], step: int, root: str) -> None:
         checkpointing.load_states(step, root, {"model": (self.model, shard["model"]), "optimizer": (self.optimizer, shard["optimizer"])})
         self.best_weights = shard["best_model"]
+        self.close_remainder()
+        remainder = elastic.remainder_of(shard.get("elastic"))
+        if remainder is not None and remainder.epoch == shard["loop"]["epoch"] and self.open_share is not None:
+            self._deal(remainder)
         if "job" in shard:
             self.best = BestSoFar(**shard["job"])
         else:  # written before the one loop: the bookkeeping was in the loop state
             old = shard["loop"]
             self.best = BestSoFar(old["best_val_acc"], old["best_val_loss"], old["best_epoch"], old["bad_epochs"])
+
+
+    def fixed_world_size(self) -> str:
+        return elastic.fixed_world_size(self.cfg.executor)
+
+    def resplit(self, written_by: int, state: LoopState) -> None:
+        """Shard 0 is loaded (replicated model, optimizer, best weights): a dropout stream of this
+        rank's own, and for minibatch the rest of the interrupted epoch dealt over this run's ranks."""
+        elastic.reseed(self.cfg.seed, self.comm.rank, state.step)
+        if self.open_share is None:
+            return  # a full-graph step per epoch: its position is the loop's
+        earlier = None if self.remainder is None else self.remainder.remainder
+        self.close_remainder()
+        self._deal(elastic.Remainder.after(
+            earlier, written_by=written_by, epoch=state.epoch, step_in_epoch=state.step_in_epoch,
+            world_size=self.comm.world_size, grad_accum=self.cfg.grad_accum,
+        ))
+
+    def _deal(self, remainder: elastic.Remainder) -> None:
+        open_share, world = self.open_share, remainder.world_size
+        assert open_share is not None
+        self.remainder = elastic.RemainderBatches(
+            remainder, lambda rank: open_share(rank, world), rank=self.comm.rank, grad_accum=self.cfg.grad_accum,
+        )
+
+    def close_remainder(self) -> None:
+        if self.remainder is not None:
+            self.remainder.close()
+            self.remainder = None
 
 
 def _check_world(cfg: TrainConfig, topology: Topology) -> None:
@@ -156,11 +210,15 @@ def _check_world(cfg: TrainConfig, topology: Topology) -> None:
 
 RUN_LENGTH_KEYS = ("epochs", "max_steps", "patience")
 """train keys a resumed run may change: they say how long to go on, not what is trained."""
+RECUT_KEYS = ("partition",)
+"""train keys a resumed graph_parallel run may change: how the graph is cut, which follows the
+number of processes (a stored partition of M parts to resume at M), not what is trained."""
 
 
 def resume_identity(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig) -> dict[str, Any]:
     """What must stay the same for a run to resume another's checkpoints."""
-    train = {key: value for key, value in asdict(cfg).items() if key not in RUN_LENGTH_KEYS}
+    free = RUN_LENGTH_KEYS + (RECUT_KEYS if cfg.executor == "graph_parallel" else ())
+    train = {key: value for key, value in asdict(cfg).items() if key not in free}
     return {"data": asdict(data_cfg), "model": asdict(model_cfg), "train": train}
 
 
@@ -220,15 +278,18 @@ def train_node_classifier(
         jsonl_url=jsonl if topology.is_main else None,
     )
     executor: GNNExecutor | None = None
+    job: NodeClassificationJob | None = None
     try:
         comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
-        executor = build_executor(BuildContext(
+        ctx = BuildContext(
             train=cfg, pipeline=pipeline or PipelineConfig(), features=features, data_cfg=data_cfg, model=model,
             optimizer=optimizer, comm=comm, device=topology.device, load_data=_data_loader(data_cfg, features, self_loops),
-        ))
+        )
+        executor = build_executor(ctx)
         if topology.is_distributed:
             torch.manual_seed(checkpointing.rank_seed(cfg.seed, topology.rank))
-        job = NodeClassificationJob(executor, optimizer, cfg, metrics)
+        open_share = functools.partial(elastic.share_batches, ctx) if cfg.executor == "minibatch" else None
+        job = NodeClassificationJob(executor, optimizer, cfg, metrics, comm=comm, open_share=open_share)
         loop_cfg = LoopConfig(
             epochs=cfg.epochs, max_steps=cfg.max_steps, grad_accum=cfg.grad_accum,
             bf16=resolve_bf16(cfg.precision, topology.device, section="train"), checkpoint_dir=ckpt_root,
@@ -243,6 +304,8 @@ def train_node_classifier(
                          resume=resume or topology.restart_count > 0, on_step=on_step, start_record=start)
         return _finish(job, state, comm, metrics, topology, run_dir=run_dir, ckpt_root=ckpt_root, jsonl=jsonl)
     finally:
+        if job is not None:
+            job.close_remainder()
         if executor is not None:
             executor.close()
         metrics.close()
