@@ -98,6 +98,26 @@ def test_same_generator_same_blocks_on_any_thread_and_reusing_the_node_map() -> 
     assert arrays(TorchSampler(indptr, indices, [5, 5]).sample(seeds, _gen(11))) == expected  # a fresh sampler too
 
 
+def test_same_blocks_whatever_the_number_of_torch_threads() -> None:
+    # Big enough (about 40k sampled edges) for torch to split its ops over threads.
+    rng = np.random.default_rng(6)
+    n = 20_000
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rng.integers(0, n, 200_000), minlength=n))])
+    indices = rng.integers(0, n, int(indptr[-1]))
+    sampler = TorchSampler(indptr, indices, [10, 10])
+    seeds = torch.from_numpy(rng.permutation(n)[:4096])
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 4):
+            torch.set_num_threads(count)
+            sampled = sampler.sample(seeds, _gen(3))
+            results.append([sampled.input_nodes] + [t for b in sampled.blocks for t in (b.indptr, b.indices)])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
 def test_repeated_seeds_are_refused_and_leave_the_sampler_usable() -> None:
     indptr, indices = awkward_csc(50, 50, 300)
     sampler = TorchSampler(indptr, indices, [2])
@@ -154,22 +174,26 @@ def _star_copies() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _edge_and_subset_counts(sampler: object, indptr: np.ndarray, indices: np.ndarray, dst: np.ndarray, draw: object) -> tuple:
     """Over DRAWS calls: how often each (degree class, edge position) was sampled, and how often
     each subset of the SUBSET_DEGREE node's edges; asserts the per-node fanout on every call."""
-    edge_counts = [np.zeros(d) for d in DEGREES]
+    degrees = np.array(DEGREES)
+    class_offset = np.concatenate([[0], np.cumsum(degrees)])  # flat index of (class, position)
+    flat_counts = np.zeros(class_offset[-1], dtype=np.int64)
     subsets: dict[tuple[int, ...], int] = {}
     for call in range(DRAWS):
         sampled = draw(sampler, torch.from_numpy(dst), call)
         block = sampled.blocks[0]
-        ids = sampled.input_nodes.numpy()
-        lo, hi = block.indptr[:-1].numpy(), block.indptr[1:].numpy()
-        for row, v in enumerate(dst.tolist()):
-            cls = row % len(DEGREES)
-            degree = DEGREES[cls]
-            positions = ids[block.indices[lo[row] : hi[row]].numpy()] - indices[indptr[v]] if degree else np.array([], int)
-            assert len(positions) == min(FANOUT, degree) == len(set(positions.tolist()))
-            edge_counts[cls][positions] += 1
-            if degree == SUBSET_DEGREE:
-                key = tuple(sorted(positions.tolist()))
-                subsets[key] = subsets.get(key, 0) + 1
+        ids, local_indptr = sampled.input_nodes.numpy(), block.indptr.numpy()
+        row_cls = np.arange(len(dst)) % len(DEGREES)
+        assert np.array_equal(np.diff(local_indptr), np.minimum(FANOUT, degrees[row_cls]))
+        edge_row = np.repeat(np.arange(len(dst)), np.diff(local_indptr))
+        first_source = indices[np.minimum(indptr[dst], len(indices) - 1)]  # each row's sources are consecutive ids
+        positions = ids[block.indices.numpy()] - first_source[edge_row]
+        assert ((positions >= 0) & (positions < degrees[row_cls[edge_row]])).all()
+        assert len(np.unique(edge_row * 64 + positions)) == len(positions)  # distinct edges within a row
+        np.add.at(flat_counts, class_offset[row_cls[edge_row]] + positions, 1)
+        chosen = positions[degrees[row_cls[edge_row]] == SUBSET_DEGREE].reshape(-1, FANOUT)
+        for key in map(tuple, np.sort(chosen, axis=1).tolist()):
+            subsets[key] = subsets.get(key, 0) + 1
+    edge_counts = [flat_counts[class_offset[i] : class_offset[i + 1]] for i in range(len(DEGREES))]
     return edge_counts, subsets
 
 
