@@ -1,15 +1,21 @@
-"""GNN models as ordered lists of layers.
+"""GNN models as ordered lists of layers, on strata's own graph tensors.
 
-Every layer maps ``(graph, h, h0) -> (h, h0)``: ``graph`` is a DGLGraph over all nodes or a
-sampled block, ``h`` the node states and ``h0`` the initial residual that GCNII layers read
-(other layers pass it through). Layers that ignore the graph say so with ``uses_graph =
-False``. With one signature for all layers an executor can cut any model into stages, run
-them on a full graph, on a partition with its halo or on sampled blocks, without touching
-the model code.
+Every layer maps ``(block, h, h0) -> (h, h0)``: ``block`` is a :class:`strata.graph.Block`
+(the whole graph, a partition with its halo, a pipeline chunk or a sampled layer), ``h`` the
+states of its src nodes and ``h0`` the initial residual that GCNII layers read (other layers
+pass its dst rows through). Layers that ignore the graph say so with ``uses_graph = False``
+and get ``None``. With one signature for all layers an executor can cut any model into
+stages and run it on any Block without touching the model code.
 
-Degree normalisation reads ``graph.srcdata["out_deg"]`` and ``graph.dstdata["in_deg"]``
-when present, so an executor that holds only a partition can supply the global degrees and
-compute exactly what single-process training computes.
+The aggregations are :mod:`strata.graph.ops`, so the same model runs on DGL's CPU kernels or
+torch's sparse kernels (CPU or CUDA), as ``STRATA_GRAPH_KERNELS`` or the device chooses.
+Degree norms are the Block's (:meth:`Block.src_degrees`, :meth:`Block.dst_degrees`): a
+partition or a sampled block that carries the global degrees computes exactly what
+single-process training on the whole graph computes.
+
+The layers keep the parameters (names, shapes, initialisation and its random draws) and the
+arithmetic of the ``dgl.nn`` layers strata used before (GraphConv, SAGEConv, GATConv), so
+checkpoints written by those models load and a seed trains the same model.
 """
 
 from __future__ import annotations
@@ -21,38 +27,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strata._dgl import dgl
+from strata.graph import ops
+from strata.graph.block import Block
 from strata.models.config import ModelConfig
-
-fn = dgl.function
-_dglnn = dgl.nn.pytorch
 
 LayerIO = tuple[Tensor, "Tensor | None"]
 
 
-def _dst(h: Tensor | None, graph: object) -> Tensor | None:
-    """The rows of ``h`` that are destination nodes (a block's dst nodes come first)."""
-    if h is None or not getattr(graph, "is_block", False):
-        return h
-    return h[: graph.num_dst_nodes()]  # type: ignore[attr-defined]
+def _dst(h: Tensor | None, block: Block) -> Tensor | None:
+    """The rows of ``h`` that are dst nodes (a Block's dst nodes come first)."""
+    return None if h is None else block.dst_rows(h)
 
 
-def _degree(graph: object, side: str) -> Tensor:
-    data = graph.srcdata if side == "src" else graph.dstdata  # type: ignore[attr-defined]
-    key = "out_deg" if side == "src" else "in_deg"
-    if key in data:
-        return data[key]
-    return graph.out_degrees() if side == "src" else graph.in_degrees()  # type: ignore[attr-defined]
-
-
-def normalized_sum(graph: object, h: Tensor) -> Tensor:
-    """D_dst^{-1/2} A D_src^{-1/2} h, the symmetric GCN aggregation.  (num_dst, dim)"""
-    src_norm = _degree(graph, "src").to(h).clamp(min=1).pow(-0.5).unsqueeze(1)
-    dst_norm = _degree(graph, "dst").to(h).clamp(min=1).pow(-0.5).unsqueeze(1)
-    with graph.local_scope():  # type: ignore[attr-defined]
-        graph.srcdata["h"] = h * src_norm  # type: ignore[attr-defined]
-        graph.update_all(fn.copy_u("h", "m"), fn.sum("m", "h"))  # type: ignore[attr-defined]
-        return graph.dstdata["h"] * dst_norm  # type: ignore[attr-defined]
+def _norm(degrees: Tensor, like: Tensor) -> Tensor:
+    """deg^-1/2 (degrees clamped to at least 1) as a column for ``like``'s rows.  (rows, 1)"""
+    return degrees.to(like).clamp(min=1).pow(-0.5).unsqueeze(1)
 
 
 class Dropout(nn.Module):
@@ -90,73 +79,140 @@ class Dense(nn.Module):
         self.activation = activation
         self.sets_h0 = sets_h0
 
-    def forward(self, graph: object, h: Tensor, h0: Tensor | None) -> LayerIO:
+    def forward(self, block: Block | None, h: Tensor, h0: Tensor | None) -> LayerIO:
         h = self.linear(self.dropout(h))
         if self.activation:
             h = F.relu(h)
         return h, (h if self.sets_h0 else h0)
 
 
+class GraphWeight(nn.Module):
+    """GCN's weight, (in, out), Glorot-uniform: ``dgl.nn.GraphConv(norm='none', bias=False)``'s parameters."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(in_dim, out_dim))
+        nn.init.xavier_uniform_(self.weight)
+
+
 class GCNLayer(nn.Module):
-    """Kipf & Welling's graph convolution on ``dgl.nn.GraphConv`` with explicit degree norms."""
+    """Kipf & Welling's graph convolution, D_dst^-1/2 A D_src^-1/2 h W + b, with the Block's degrees.
+
+    The product with W comes before the aggregation where it narrows the rows (in > out), after
+    it otherwise, as in GraphConv.
+    """
 
     uses_graph = True
 
     def __init__(self, in_dim: int, out_dim: int, *, dropout: float, activation: bool) -> None:
         super().__init__()
-        self.conv = _dglnn.GraphConv(in_dim, out_dim, norm="none", bias=False, allow_zero_in_degree=True)
+        self.conv = GraphWeight(in_dim, out_dim)
         self.bias = nn.Parameter(torch.zeros(out_dim))
         self.dropout = nn.Dropout(dropout)
         self.activation = activation
 
-    def forward(self, graph: object, h: Tensor, h0: Tensor | None) -> LayerIO:
+    def forward(self, block: Block, h: Tensor, h0: Tensor | None) -> LayerIO:
         h = self.dropout(h)
-        src_norm = _degree(graph, "src").to(h).clamp(min=1).pow(-0.5).unsqueeze(1)
-        dst_norm = _degree(graph, "dst").to(h).clamp(min=1).pow(-0.5).unsqueeze(1)
-        out = self.conv(graph, h * src_norm) * dst_norm + self.bias  # (num_dst, out_dim)
-        return (F.relu(out) if self.activation else out), _dst(h0, graph)
+        weight = self.conv.weight  # (in, out)
+        h = h * _norm(block.src_degrees(), h)  # (num_src, in)
+        if weight.shape[0] > weight.shape[1]:
+            out = ops.copy_sum(block, h @ weight)  # (num_dst, out)
+        else:
+            out = ops.copy_sum(block, h) @ weight
+        out = out * _norm(block.dst_degrees(), out) + self.bias
+        return (F.relu(out) if self.activation else out), _dst(h0, block)
+
+
+class SAGEMean(nn.Module):
+    """GraphSAGE-mean's projections, as ``dgl.nn.SAGEConv(aggregator_type='mean')`` holds and
+    initialises them: ``fc_neigh`` (no bias) for the neighbour mean, ``fc_self`` for the node."""
+
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.fc_neigh = nn.Linear(in_dim, out_dim, bias=False)
+        self.fc_self = nn.Linear(in_dim, out_dim)
+        gain = nn.init.calculate_gain("relu")
+        nn.init.xavier_uniform_(self.fc_self.weight, gain=gain)
+        nn.init.xavier_uniform_(self.fc_neigh.weight, gain=gain)
+
+    def forward(self, block: Block, h: Tensor) -> Tensor:
+        """fc_self(h[v]) + fc_neigh(mean of h[u] over v's in-edges).  (num_dst, out)"""
+        if self.fc_neigh.in_features > self.fc_neigh.out_features:  # project first: fewer columns to aggregate
+            neigh = ops.mean(block, self.fc_neigh(h))
+        else:
+            neigh = self.fc_neigh(ops.mean(block, h))
+        return self.fc_self(block.dst_rows(h)) + neigh
 
 
 class SAGELayer(nn.Module):
-    """GraphSAGE with mean aggregation (``dgl.nn.SAGEConv``)."""
+    """GraphSAGE with mean aggregation."""
 
     uses_graph = True
 
     def __init__(self, in_dim: int, out_dim: int, *, dropout: float, activation: bool) -> None:
         super().__init__()
-        self.conv = _dglnn.SAGEConv(in_dim, out_dim, "mean")
+        self.conv = SAGEMean(in_dim, out_dim)
         self.dropout = nn.Dropout(dropout)
         self.activation = activation
 
-    def forward(self, graph: object, h: Tensor, h0: Tensor | None) -> LayerIO:
-        h = self.dropout(h)
-        out = self.conv(graph, (h, _dst(h, graph)))
-        return (F.relu(out) if self.activation else out), _dst(h0, graph)
+    def forward(self, block: Block, h: Tensor, h0: Tensor | None) -> LayerIO:
+        out = self.conv(block, self.dropout(h))
+        return (F.relu(out) if self.activation else out), _dst(h0, block)
+
+
+class GATAttention(nn.Module):
+    """Multi-head graph attention with ``dgl.nn.GATConv``'s parameters and arithmetic: the src
+    and the dst rows are dropped out independently and projected by ``fc``; the scores are
+    leaky_relu(attn_l . Wh[u] + attn_r . Wh[v]), soft-maxed over v's in-edges.  -> (num_dst, heads, out)"""
+
+    def __init__(self, in_dim: int, out_dim: int, heads: int, *, feat_drop: float, attn_drop: float,
+                 negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.heads, self.out_dim = heads, out_dim
+        self.fc = nn.Linear(in_dim, out_dim * heads, bias=False)
+        self.attn_l = nn.Parameter(torch.empty(1, heads, out_dim))
+        self.attn_r = nn.Parameter(torch.empty(1, heads, out_dim))
+        self.feat_drop = nn.Dropout(feat_drop)
+        self.attn_drop = attn_drop
+        self.negative_slope = negative_slope
+        self.bias = nn.Parameter(torch.empty(heads * out_dim))
+        gain = nn.init.calculate_gain("relu")
+        for weight in (self.fc.weight, self.attn_l, self.attn_r):
+            nn.init.xavier_normal_(weight, gain=gain)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, block: Block, h: Tensor) -> Tensor:
+        feat_src = self.fc(self.feat_drop(h)).view(-1, self.heads, self.out_dim)  # (num_src, heads, out)
+        feat_dst = self.fc(self.feat_drop(block.dst_rows(h))).view(-1, self.heads, self.out_dim)  # (num_dst, heads, out)
+        score_src = (feat_src * self.attn_l).sum(-1, keepdim=True)  # (num_src, heads, 1)
+        score_dst = (feat_dst * self.attn_r).sum(-1, keepdim=True)  # (num_dst, heads, 1)
+        out = ops.gat_aggregate(block, feat_src, score_src, score_dst, negative_slope=self.negative_slope,
+                                attn_dropout=self.attn_drop, training=self.training)
+        return out + self.bias.view(1, self.heads, self.out_dim)
 
 
 class GATLayer(nn.Module):
-    """Graph attention (``dgl.nn.GATConv``); heads are concatenated, or averaged in the last layer."""
+    """Graph attention; heads are concatenated (then ELU), or averaged in the last layer."""
 
     uses_graph = True
 
     def __init__(self, in_dim: int, out_dim: int, *, heads: int, dropout: float, attn_dropout: float, last: bool) -> None:
         super().__init__()
-        self.conv = _dglnn.GATConv(
-            in_dim, out_dim, heads, feat_drop=dropout, attn_drop=attn_dropout, allow_zero_in_degree=True
-        )
+        self.conv = GATAttention(in_dim, out_dim, heads, feat_drop=dropout, attn_drop=attn_dropout)
         self.last = last
 
-    def forward(self, graph: object, h: Tensor, h0: Tensor | None) -> LayerIO:
-        out = self.conv(graph, (h, _dst(h, graph)))  # (num_dst, heads, out_dim)
+    def forward(self, block: Block, h: Tensor, h0: Tensor | None) -> LayerIO:
+        out = self.conv(block, h)  # (num_dst, heads, out_dim)
         out = out.mean(1) if self.last else F.elu(out.flatten(1))
-        return out, _dst(h0, graph)
+        return out, _dst(h0, block)
 
 
 class GCNIILayer(nn.Module):
     """GCNII (Chen et al., 2020): GCN aggregation with an initial residual and identity mapping.
 
-    Same maths as ``dgl.nn.GCN2Conv`` with projected initial features, but with the degree
-    norms of :func:`normalized_sum`, so a partition with global degrees stays exact.
+    Same maths as ``dgl.nn.GCN2Conv`` with projected initial features, but with the Block's
+    degree norms (:func:`strata.graph.ops.normalized_sum`), so a partition with global degrees
+    stays exact.
     """
 
     uses_graph = True
@@ -169,11 +225,11 @@ class GCNIILayer(nn.Module):
         self.beta = math.log(lambda_ / layer + 1.0)
         self.dropout = Dropout(dropout)
 
-    def forward(self, graph: object, h: Tensor, h0: Tensor | None) -> LayerIO:
+    def forward(self, block: Block, h: Tensor, h0: Tensor | None) -> LayerIO:
         if h0 is None:
             raise ValueError("GCNIILayer needs the initial residual h0; put a Dense(sets_h0=True) before it")
-        h0 = _dst(h0, graph)
-        support = (1 - self.alpha) * normalized_sum(graph, self.dropout(h)) + self.alpha * h0  # (num_dst, dim)
+        h0 = block.dst_rows(h0)
+        support = (1 - self.alpha) * ops.normalized_sum(block, self.dropout(h)) + self.alpha * h0  # (num_dst, dim)
         out = (1 - self.beta) * support + self.beta * (support @ self.weight)
         return F.relu(out), h0
 
@@ -191,21 +247,40 @@ class LayeredModel(nn.Module):
     def num_graph_layers(self) -> int:
         return sum(1 for layer in self.layers if layer.uses_graph)
 
-    def forward(self, graphs: object, x: Tensor) -> Tensor:
-        """``graphs``: one graph for all layers, or a list of blocks, one per graph layer."""
+    def forward(self, graphs: Block | Sequence[Block], x: Tensor) -> Tensor:
+        """``graphs``: one Block for all layers (a full graph or a partition), or one Block per graph layer."""
         h, _ = run_layers(self.layers, graphs, x, None)
         return h
 
 
-def run_layers(layers: Sequence[nn.Module], graphs: object, h: Tensor, h0: Tensor | None) -> LayerIO:
-    """Apply ``layers`` in order; a list of blocks is consumed one block per graph layer."""
-    blocks = list(graphs) if isinstance(graphs, (list, tuple)) else None
-    if blocks is not None and len(blocks) != sum(1 for layer in layers if layer.uses_graph):
-        raise ValueError(f"got {len(blocks)} blocks for {sum(1 for layer in layers if layer.uses_graph)} graph layers")
+def _check_block(graph: object) -> Block:
+    if not isinstance(graph, Block):
+        raise TypeError(f"GNN layers compute on a strata.graph.Block, got {type(graph).__name__}; "
+                        f"convert a DGL graph or block once with Block.from_dgl(graph)")
+    return graph
+
+
+def run_layers(layers: Sequence[nn.Module], graphs: Block | Sequence[Block] | None, h: Tensor, h0: Tensor | None) -> LayerIO:
+    """Apply ``layers`` in order; a sequence of Blocks is consumed one Block per graph layer.
+    ``graphs`` may be None when no layer uses the graph."""
+    uses = sum(1 for layer in layers if layer.uses_graph)
+    if isinstance(graphs, (list, tuple)):
+        if len(graphs) != uses:
+            raise ValueError(f"got {len(graphs)} blocks for {uses} graph layers")
+        blocks = iter([_check_block(graph) for graph in graphs])
+        for layer in layers:
+            h, h0 = layer(next(blocks) if layer.uses_graph else None, h, h0)
+        return h, h0
+    block = _check_block(graphs) if uses else None
     for layer in layers:
-        graph = (blocks.pop(0) if layer.uses_graph else None) if blocks is not None else graphs
-        h, h0 = layer(graph, h, h0)
+        h, h0 = layer(block if layer.uses_graph else None, h, h0)
     return h, h0
+
+
+def probe_block() -> Block:
+    """A 2-node graph with every edge (self loops too), for running layers once to learn
+    their output widths."""
+    return Block.from_csc([0, 2, 4], [1, 0, 0, 1])
 
 
 def build_gnn(cfg: ModelConfig, in_dim: int, num_classes: int) -> LayeredModel:

@@ -60,10 +60,10 @@ def layer_costs(model: object, in_dim: int, num_nodes: int, num_edges: int, dtyp
     """
     import torch
 
-    from strata._dgl import dgl
+    from strata.models.gnn import probe_block
 
     layers = list(model.layers)
-    probe = dgl.graph(([0, 1, 0, 1], [1, 0, 0, 1]), num_nodes=2)
+    probe = probe_block()
     h, h0 = torch.zeros(2, int(in_dim)), None
     costs = []
     was_training = [layer.training for layer in layers]

@@ -167,7 +167,7 @@ def test_inputs_on_the_wrong_rows_or_device_are_refused() -> None:
 @pytest.mark.parametrize("kernels", ["torch", "dgl"])
 def test_normalized_sum_is_the_models_on_sampled_blocks(kernels: str) -> None:
     from strata._dgl import dgl
-    from strata.models.gnn import normalized_sum
+    from tests.models.dgl_models import normalized_sum
 
     indptr, indices = awkward_csc(300, 300, 2400, seed=3)
     graph = dgl.graph(("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), torch.tensor([]))))

@@ -22,9 +22,10 @@ import torch
 from torch import Tensor
 
 from strata.errors import ConfigError
-from strata.graph.csc import graph_csc
+from strata.graph.block import Block
 from strata.runtime.config import DataConfig
 from strata.runtime.gnn.data import NodeData
+from strata.runtime.gnn.executors.blocks import graph_arrays, graph_block
 from strata.storage.featstore.caches import FeatureCounters
 from strata.storage.featstore.config import FeaturesConfig
 from strata.storage.featstore.sampling import (  # noqa: F401  (SHUFFLE, SAMPLE re-exported)
@@ -32,6 +33,7 @@ from strata.storage.featstore.sampling import (  # noqa: F401  (SHUFFLE, SAMPLE 
     SHUFFLE,
     EpochPlan,
     NeighbourSampler,
+    SampledBatch,
     SamplerConfig,
     sample_step,
 )
@@ -46,8 +48,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Batch:
-    graphs: object
-    """The full graph, or one sampled block per graph layer."""
+    graphs: Block | list[Block]
+    """The full graph, or one sampled Block per graph layer (input layer first)."""
     x: Tensor
     """Input features of the graphs' source nodes."""
     seeds: Tensor
@@ -69,8 +71,10 @@ class BatchSource(Protocol):
 class FullGraphBatches:
     """One batch per epoch: the whole graph, loss over the training nodes."""
 
-    def __init__(self, data: NodeData) -> None:
+    def __init__(self, data: NodeData, graph: Block | None = None) -> None:
         self.data = data
+        self.graph = graph_block(data.graph) if graph is None else graph
+        """The whole graph, one Block for every step (kernels derive their structures once)."""
         self.train = data.splits["train"]
 
     def steps_per_epoch(self) -> int:
@@ -78,7 +82,7 @@ class FullGraphBatches:
 
     def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
         if start == 0:
-            yield Batch(self.data.graph, self.data.feat, self.train, self.data.label[self.train])
+            yield Batch(self.graph, self.data.feat, self.train, self.data.label[self.train])
 
     def close(self) -> None:
         pass
@@ -89,9 +93,24 @@ def _train_ids(data: NodeData) -> np.ndarray:
     return np.asarray(train.numpy() if isinstance(train, Tensor) else train, dtype=np.int64)
 
 
-def _batch(data: NodeData, blocks: list[object], x: Tensor, output_nodes: np.ndarray) -> Batch:
+def _batch(data: NodeData, blocks: list[Block], x: Tensor, output_nodes: np.ndarray) -> Batch:
     out = torch.from_numpy(np.ascontiguousarray(output_nodes, dtype=np.int64))
     return Batch(blocks, x, torch.arange(len(out)), data.label[out])
+
+
+def sampled_blocks(sampled: SampledBatch) -> list[Block]:
+    """One Block per sampled layer (input layer first), with the global ids of its nodes."""
+    ids = torch.from_numpy(np.ascontiguousarray(sampled.input_nodes, dtype=np.int64))
+    return [
+        Block.from_csc(layer.indptr, layer.indices, num_src=layer.num_src, src_ids=ids[: layer.num_src],
+                       dst_ids=ids[: layer.num_dst], check=False)
+        for layer in sampled.layers
+    ]
+
+
+def as_blocks(blocks: list[object]) -> list[Block]:
+    """A loader's sampled blocks as Blocks: DGL blocks (today's feature loaders) converted at this edge."""
+    return [block if isinstance(block, Block) else Block.from_dgl(block) for block in blocks]
 
 
 class SampledBatches:
@@ -102,7 +121,7 @@ class SampledBatches:
         _check_fanouts(cfg, num_graph_layers)
         self.data = data
         self.plan = EpochPlan(_train_ids(data), cfg.batch_size, cfg.seed)
-        self.sampler = NeighbourSampler(*graph_csc(data.graph), list(cfg.fanouts))
+        self.sampler = NeighbourSampler(*graph_arrays(graph_block(data.graph)), list(cfg.fanouts))
 
     def steps_per_epoch(self) -> int:
         return self.plan.steps_per_epoch()
@@ -112,7 +131,7 @@ class SampledBatches:
         for step in range(start, self.steps_per_epoch()):
             sampled = sample_step(self.sampler, self.plan, order, epoch, step)
             x = gather_rows(self.data.feat, sampled.input_nodes)
-            yield _batch(self.data, sampled.to_blocks(), x, sampled.output_nodes)
+            yield _batch(self.data, sampled_blocks(sampled), x, sampled.output_nodes)
 
     def close(self) -> None:
         pass
@@ -148,7 +167,7 @@ class StoreBatches:
 
         def load(step: int) -> Batch:
             loaded = self.loader.load(epoch, step)
-            return _batch(self.data, loaded.blocks, loaded.x, loaded.output_nodes)
+            return _batch(self.data, as_blocks(loaded.blocks), loaded.x, loaded.output_nodes)
 
         steps = range(start, self.steps_per_epoch())
         yield from prefetched(load, steps, depth=self.features.prefetch, workers=self.features.workers)
@@ -215,7 +234,7 @@ def make_batches(
         )
     else:
         loader = featloader.CachedLoader(
-            DatasetStore.open(options.store), graph_csc(data.graph), sampler, _train_ids(data), options.features,
+            DatasetStore.open(options.store), graph_arrays(graph_block(data.graph)), sampler, _train_ids(data), options.features,
             normalize=options.normalize, device=options.device,
         )
     return StoreBatches(data, loader, options.features)

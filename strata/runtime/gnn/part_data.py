@@ -21,12 +21,14 @@ import torch
 from torch import Tensor
 
 from strata.errors import ConfigError
+from strata.graph.block import Block
 from strata.graph.csc import edge_dst
 from strata.partitioners.format import open_partition
 from strata.partitioners.graph import StoreGraph
 from strata.runtime.config import DataConfig
 from strata.runtime.dist.comm import Comm
 from strata.runtime.gnn.data import NodeData
+from strata.runtime.gnn.executors.blocks import degrees, graph_block
 from strata.runtime.gnn.executors.partition import LocalPartition, from_stored_part
 from strata.storage import layout
 from strata.storage.rows import ChunkedRows, normalize_rows
@@ -63,11 +65,11 @@ def _positions(owned: np.ndarray, members: np.ndarray) -> Tensor:
     return torch.from_numpy(pos[owned[pos] == members].astype(np.int64))
 
 
-def part_data_in_memory(data: NodeData, part: LocalPartition) -> PartData:
-    """The share of ``part`` cut from a data set held whole in memory."""
+def part_data_in_memory(data: NodeData, part: LocalPartition, graph: Block | None = None) -> PartData:
+    """The share of ``part`` cut from a data set held whole in memory; ``graph`` is its graph
+    as a Block where the caller has it already."""
     owned = torch.from_numpy(part.owned)
-    in_deg = data.graph.in_degrees().numpy()  # type: ignore[attr-defined]
-    out_deg = data.graph.out_degrees().numpy()  # type: ignore[attr-defined]
+    out_deg, in_deg = degrees(graph_block(data.graph) if graph is None else graph)
     return PartData(
         feat=data.feat[owned],
         label=data.label[owned],

@@ -7,14 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from strata.graph.ops import dgl_available
 from strata.models.config import ModelConfig
 from strata.models.gnn import build_gnn
 from strata.runtime.gnn.data import NodeData
+from strata.runtime.gnn.executors.blocks import graph_block
 from strata.runtime.gnn.executors.partition import local_partition
 from tests.helpers.graphs import random_graph, random_node_data
 from tests.helpers.workers import run_workers
 
 MODELS = ("gcn", "sage", "gat", "gcnii")
+KERNELS = ("dgl", "torch") if dgl_available() else ("torch",)
+"""Graph kernels the exactness is held on: DGL's where it imports, and torch's (CUDA's and the fallback)."""
 NUM_NODES, NUM_EDGES, FEAT, CLASSES = 120, 600, 6, 4
 
 
@@ -40,6 +44,9 @@ def _part(data: NodeData, rank: int, world_size: int):
 
 
 def _graph_parallel_step(topology, names: tuple[str, ...]) -> dict:
+    """Loss, gradients and scores of one step of each model, on each graph kernel."""
+    import os
+
     from strata.runtime.dist.comm import Comm
     from strata.runtime.gnn.executors.base import FullGraphStep
     from strata.runtime.gnn.executors.graph_parallel import GraphParallelExecutor
@@ -47,18 +54,20 @@ def _graph_parallel_step(topology, names: tuple[str, ...]) -> dict:
     from strata.runtime.loop import train_step
 
     out = {}
-    for name in names:
-        model = _model(name)
-        comm = Comm(topology.rank, topology.world_size)
-        data = _data(model.self_loops)
-        part = _part(data, topology.rank, topology.world_size)
-        executor = GraphParallelExecutor(model, part_data_in_memory(data, part), part, comm, torch.optim.SGD(model.parameters(), lr=0.0))
-        step = train_step(executor, [FullGraphStep(0)], comm=comm)
-        out[name] = {
-            "loss": step.loss,
-            "grads": [p.grad.clone() for p in model.parameters()],
-            "scores": executor.evaluate(),
-        }
+    for kernels in KERNELS:
+        os.environ["STRATA_GRAPH_KERNELS"] = kernels  # the forkserver's environment reached this worker, not the test's
+        for name in names:
+            model = _model(name)
+            comm = Comm(topology.rank, topology.world_size)
+            data = _data(model.self_loops)
+            part = _part(data, topology.rank, topology.world_size)
+            executor = GraphParallelExecutor(model, part_data_in_memory(data, part), part, comm, torch.optim.SGD(model.parameters(), lr=0.0))
+            step = train_step(executor, [FullGraphStep(0)], comm=comm)
+            out[f"{kernels}/{name}"] = {
+                "loss": step.loss,
+                "grads": [p.grad.clone() for p in model.parameters()],
+                "scores": executor.evaluate(),
+            }
     return out
 
 
@@ -66,7 +75,7 @@ def _reference(name: str) -> tuple[float, list[torch.Tensor]]:
     model = _model(name)
     data = _data(model.self_loops)
     train = data.splits["train"]
-    loss = F.cross_entropy(model(data.graph, data.feat)[train], data.label[train])
+    loss = F.cross_entropy(model(graph_block(data.graph), data.feat)[train], data.label[train])
     loss.backward()
     return loss.item(), [p.grad for p in model.parameters()]
 
@@ -76,17 +85,19 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_loss_and_gradients_equal_single_process(world_size: int) -> None:
+def test_loss_and_gradients_equal_single_process(world_size: int, monkeypatch: pytest.MonkeyPatch) -> None:
     results = run_workers(_graph_parallel_step, world_size, MODELS)
-    for name in MODELS:
-        loss, grads = _reference(name)
-        for rank, result in enumerate(results):
-            got = result[name]
-            assert abs(got["loss"] - loss) <= 1e-5 * abs(loss), (name, rank)
-            assert len(got["grads"]) == len(grads)
-            for i, (g, ref) in enumerate(zip(got["grads"], grads)):
-                assert _relative(g, ref) < 1e-5, (name, rank, i, _relative(g, ref))
-            assert got["scores"] == results[0][name]["scores"]
+    for kernels in KERNELS:
+        monkeypatch.setenv("STRATA_GRAPH_KERNELS", kernels)
+        for name in MODELS:
+            loss, grads = _reference(name)
+            for rank, result in enumerate(results):
+                got = result[f"{kernels}/{name}"]
+                assert abs(got["loss"] - loss) <= 1e-5 * abs(loss), (kernels, name, rank)
+                assert len(got["grads"]) == len(grads)
+                for i, (g, ref) in enumerate(zip(got["grads"], grads)):
+                    assert _relative(g, ref) < 1e-5, (kernels, name, rank, i, _relative(g, ref))
+                assert got["scores"] == results[0][f"{kernels}/{name}"]["scores"]
 
 
 def test_local_partitions_agree_on_who_sends_what() -> None:

@@ -7,11 +7,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from strata.graph.ops import dgl_available
 from strata.models.config import ModelConfig
 from strata.models.gnn import build_gnn
 from strata.runtime.gnn.data import NodeData, to_dgl
+from strata.runtime.gnn.executors.blocks import graph_block
 from strata.storage.ingest.common import edges_to_csc
 from tests.helpers.workers import run_workers
+
+KERNELS = ("dgl", "torch") if dgl_available() else ("torch",)
+"""Graph kernels the exactness is held on: DGL's where it imports, and torch's (CUDA's and the fallback)."""
 
 
 def _data(num_nodes: int = 60, num_edges: int = 300, feat_dim: int = 6, self_loops: bool = True, seed: int = 0) -> NodeData:
@@ -66,10 +71,21 @@ def _pipeline_worker(topology, name: str, layers: int, history: bool, chunks: in
     return {"losses": losses, "grads": grads, "sent": comm.bytes_by_op().get("send", 0), "scores": executor.evaluate()}
 
 
+def _pipeline_worker_on_kernels(topology, *args):
+    """``_pipeline_worker`` on each graph kernel in turn, in the same processes."""
+    import os
+
+    out = {}
+    for kernels in KERNELS:
+        os.environ["STRATA_GRAPH_KERNELS"] = kernels  # the forkserver's environment reached this worker, not the test's
+        out[kernels] = _pipeline_worker(topology, *args)
+    return out
+
+
 def _reference(name: str, layers: int):
     model = _model(name, layers)
     data = _data(self_loops=model.self_loops)
-    logits = model(data.graph, data.feat)
+    logits = model(graph_block(data.graph), data.feat)
     train = data.splits["train"]
     loss = F.cross_entropy(logits[train], data.label[train])
     loss.backward()
@@ -80,9 +96,17 @@ def _reference(name: str, layers: int):
     "stages, name, layers, recompute",
     [(2, "gcnii", 6, True), (4, "gcnii", 6, True), (2, "gcnii", 6, False), (2, "gcn", 3, True), (4, "sage", 4, True)],
 )
-def test_without_history_the_pipeline_is_single_process_training(stages: int, name: str, layers: int, recompute: bool) -> None:
+def test_without_history_the_pipeline_is_single_process_training(
+    stages: int, name: str, layers: int, recompute: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = run_workers(_pipeline_worker_on_kernels, stages, name, layers, False, 3, "1f1b", recompute)
+    for kernels in KERNELS:
+        monkeypatch.setenv("STRATA_GRAPH_KERNELS", kernels)
+        _check_exact(stages, name, layers, recompute, [run[kernels] for run in runs])
+
+
+def _check_exact(stages: int, name: str, layers: int, recompute: bool, results: list[dict]) -> None:
     loss, grads, data = _reference(name, layers)
-    results = run_workers(_pipeline_worker, stages, name, layers, False, 3, "1f1b", recompute)
     seen = {}
     for result in results:
         assert result["losses"][0] == pytest.approx(loss, rel=1e-5)

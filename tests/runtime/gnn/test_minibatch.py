@@ -46,7 +46,7 @@ def _ddp_steps_of(topology, name: str) -> dict:
     executor = DataParallelExecutor("minibatch", model, data, batches, comm, torch.optim.Adam(model.parameters(), lr=0.01))
     spread, seeds, losses = [], [], []
     for _step, batch in zip(range(STEPS), executor.epoch(0, 0)):
-        seeds.append(batch.graphs[-1].dstdata["_ID"].clone())
+        seeds.append(batch.graphs[-1].dst_ids.clone())
         losses.append(train_step(executor, [batch], comm=comm).loss)
         flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         spread.append(max(float((other - flat).abs().max()) for other in comm.all_gather(flat)))

@@ -23,9 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from strata._dgl import dgl
 from strata.errors import ConfigError
-from strata.graph.csc import graph_csc
 from strata.models.gnn import LayeredModel
 from strata.partitioners.assign import assign
 from strata.runtime.dist.comm import Comm
@@ -36,23 +34,11 @@ from strata.runtime.gnn.executors.base import (
     score_sums,
     split_scores,
 )
+from strata.runtime.gnn.executors.blocks import csc_block, graph_arrays, graph_block
 from strata.runtime.gnn.executors.halo_exchange import exchange_halo
 from strata.runtime.gnn.executors.partition import LocalPartition, local_partition
 from strata.runtime.gnn.part_data import PartData, load_part, part_data_in_memory
 from strata.runtime.loop import ExecutorStats, StepOutput
-
-
-def csc_block(indptr: np.ndarray, indices: np.ndarray, src_out_deg: np.ndarray, dst_in_deg: np.ndarray) -> object:
-    """A block over the local CSC ``(indptr, indices)`` (dst nodes first among the src nodes)
-    carrying the global out-degree of every src node and in-degree of every dst node."""
-    block = dgl.create_block(
-        ("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), torch.arange(len(indices)))),
-        num_src_nodes=len(src_out_deg),
-        num_dst_nodes=len(dst_in_deg),
-    )
-    block.srcdata["out_deg"] = torch.from_numpy(np.asarray(src_out_deg))
-    block.dstdata["in_deg"] = torch.from_numpy(np.asarray(dst_in_deg))
-    return block
 
 
 class GraphParallelExecutor:
@@ -155,7 +141,8 @@ def build(ctx: BuildContext) -> GraphParallelExecutor:
         part, share = load_part(ctx.data_cfg, cfg.partition, comm, self_loops=ctx.model.self_loops)
         return GraphParallelExecutor(ctx.model, share, part, comm, ctx.optimizer, device=ctx.device)
     data = ctx.load_data()
-    indptr, indices = graph_csc(data.graph)
+    graph = graph_block(data.graph)
+    indptr, indices = graph_arrays(graph)
     num_nodes = len(indptr) - 1
     if comm.rank == 0:
         parts = torch.from_numpy(assign((indptr, indices), comm.world_size, cfg.seed, method=cfg.partitioner).astype(np.int64))
@@ -163,4 +150,4 @@ def build(ctx: BuildContext) -> GraphParallelExecutor:
         parts = torch.empty(num_nodes, dtype=torch.int64)
     assignment = comm.broadcast(parts, 0).numpy()
     part = local_partition(indptr, indices, assignment, comm.rank, num_parts=comm.world_size)
-    return GraphParallelExecutor(ctx.model, part_data_in_memory(data, part), part, comm, ctx.optimizer, device=ctx.device)
+    return GraphParallelExecutor(ctx.model, part_data_in_memory(data, part, graph), part, comm, ctx.optimizer, device=ctx.device)

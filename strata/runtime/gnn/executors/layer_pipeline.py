@@ -63,8 +63,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from strata.errors import ConfigError
-from strata.graph.csc import graph_csc
-from strata.models.gnn import LayeredModel, run_layers
+from strata.graph.block import Block
+from strata.models.gnn import LayeredModel, probe_block, run_layers
 from strata.partitioners.assign import assign
 from strata.partitioners.stages import assign_stages
 from strata.runtime.dist.comm import Comm
@@ -77,7 +77,7 @@ from strata.runtime.gnn.executors.base import (
     score_sums,
     split_scores,
 )
-from strata.runtime.gnn.executors.graph_parallel import csc_block
+from strata.runtime.gnn.executors.blocks import csc_block, graph_arrays, graph_block
 from strata.runtime.gnn.executors.halo_exchange import fetch_halo
 from strata.runtime.gnn.executors.pipeline_layout import (
     PipelineLayout,
@@ -95,7 +95,7 @@ class _Unit:
     """A set of destination nodes computed together (a chunk, or the whole part), on the device."""
 
     plan: UnitPlan
-    block: object
+    block: Block
     train: Tensor
     """Positions (among ``dst``) of the training nodes."""
     dst_ids: Tensor
@@ -128,9 +128,7 @@ def residual_prefix(layers: list[nn.Module], widths: list[tuple[int, int]]) -> i
 
 def _widths(layers: list[nn.Module], in_dim: int) -> list[tuple[int, int]]:
     """(width of h, width of h0 or 0) before layer 0 and after every layer, from a 2-node probe."""
-    from strata._dgl import dgl
-
-    probe = dgl.graph(([0, 1, 0, 1], [1, 0, 0, 1]), num_nodes=2)
+    probe = probe_block()
     h, h0 = torch.zeros(2, in_dim), None
     out = [(in_dim, 0)]
     modes = [layer.training for layer in layers]
@@ -232,7 +230,7 @@ class LayerPipelineExecutor:
         this rank reads them, and the split members it computes. Returns the rows of a history
         table: the part's nodes and its halo."""
         num_nodes = data.feat.shape[0]
-        indptr, indices = graph_csc(data.graph)
+        indptr, indices = graph_arrays(graph_block(data.graph))
         degrees = (np.bincount(indices, minlength=num_nodes), np.diff(indptr))  # (out, in)
         train_mask = np.zeros(num_nodes, dtype=bool)
         train_mask[data.splits["train"].numpy()] = True
@@ -447,7 +445,7 @@ def build(ctx: BuildContext) -> LayerPipelineExecutor:
     cfg, pipeline, comm, model = ctx.train, ctx.pipeline, ctx.comm, ctx.model
     data = ctx.load_data()
     layout = PipelineLayout.of(pipeline.stages, comm.world_size)
-    indptr, indices = graph_csc(data.graph)
+    indptr, indices = graph_arrays(graph_block(data.graph))
     num_nodes = len(indptr) - 1
     if pipeline.chunks > num_nodes // layout.groups:
         raise ConfigError(

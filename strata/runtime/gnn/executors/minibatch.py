@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from strata._dgl import dgl
+from strata.graph.block import Block
 from strata.models.gnn import LayeredModel
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.replicas import all_reduce_gradients, broadcast_parameters
-from strata.runtime.gnn.batches import Batch, BatchSource, FeatureOptions, make_batches
+from strata.runtime.gnn.batches import Batch, BatchSource, FeatureOptions, FullGraphBatches, make_batches
 from strata.runtime.gnn.data import NodeData
 from strata.runtime.gnn.executors.base import BuildContext, score_sums, split_scores
+from strata.runtime.gnn.executors.blocks import full_neighbourhood_blocks, graph_block
 from strata.runtime.loop import ExecutorStats, StepOutput
 
 EVAL_CHUNK = 8192
@@ -50,10 +51,11 @@ def rank_data(data: NodeData, rank: int, world_size: int, seed: int) -> NodeData
 
 
 @torch.no_grad()
-def evaluate_full_graph(model: LayeredModel, data: NodeData) -> dict[str, float]:
-    """Loss and accuracy of every split, from one full-graph forward pass."""
+def evaluate_full_graph(model: LayeredModel, data: NodeData, graph: Block | None = None) -> dict[str, float]:
+    """Loss and accuracy of every split, from one full-graph forward pass over ``graph``
+    (``data``'s graph as a Block; built here when not given)."""
     model.eval()
-    logits = model(data.graph, data.feat)
+    logits = model(graph_block(data.graph) if graph is None else graph, data.feat)
     out = {}
     for name, ids in data.splits.items():
         if len(ids) == 0:
@@ -77,12 +79,10 @@ class DataParallelExecutor:
         self.comm = comm
         self.optimizer = optimizer
         self.device = device
+        self.graph = batches.graph if isinstance(batches, FullGraphBatches) else graph_block(data.graph)
+        """The whole graph, for evaluation (and the full-graph batches' own Block, so kernels
+        derive their structures once)."""
         broadcast_parameters(self.model, comm)
-        if comm.world_size > 1:
-            graph = data.graph
-            self._in_deg = graph.in_degrees()  # type: ignore[attr-defined]
-            self._out_deg = graph.out_degrees()  # type: ignore[attr-defined]
-            self._sampler = dgl.dataloading.MultiLayerFullNeighborSampler(model.num_graph_layers)
 
     def steps_per_epoch(self) -> int:
         return self.batches.steps_per_epoch()
@@ -93,7 +93,7 @@ class DataParallelExecutor:
     def forward_backward(self, batch: Batch, scale: float) -> StepOutput:
         self.model.train()
         graphs = batch.graphs
-        graphs = [b.to(self.device) for b in graphs] if isinstance(graphs, list) else graphs.to(self.device)  # type: ignore[attr-defined]
+        graphs = [b.to(self.device) for b in graphs] if isinstance(graphs, list) else graphs.to(self.device)
         logits = self.model(graphs, batch.x.to(self.device))
         loss = F.cross_entropy(logits[batch.seeds].float(), batch.y.to(self.device))
         (loss * scale).backward()
@@ -114,7 +114,7 @@ class DataParallelExecutor:
 
     def evaluate(self) -> dict[str, float]:
         if self.comm.world_size == 1:
-            return evaluate_full_graph(self.model, self.data)
+            return evaluate_full_graph(self.model, self.data, self.graph)
         return self._evaluate_sharded()
 
     def close(self) -> None:
@@ -138,14 +138,10 @@ class DataParallelExecutor:
 
     def _logits(self, seeds: Tensor) -> tuple[Tensor, Tensor]:
         """Exact logits of ``seeds`` from their full L-hop neighbourhood.  (len(seeds), classes)"""
-        _, output_nodes, blocks = self._sampler.sample_blocks(self.data.graph, seeds)
-        for block in blocks:
-            # Sampled blocks see only their own edges; the model must see the graph's degrees.
-            block.srcdata["out_deg"] = self._out_deg[block.srcdata[dgl.NID]]
-            block.dstdata["in_deg"] = self._in_deg[block.dstdata[dgl.NID]]
-        x = self.data.feat[blocks[0].srcdata[dgl.NID]]
+        input_nodes, blocks = full_neighbourhood_blocks(self.graph, seeds, self.model.num_graph_layers)
+        x = self.data.feat[input_nodes]
         logits = self.model([b.to(self.device) for b in blocks], x.to(self.device))
-        return logits, self.data.label[output_nodes].to(self.device)
+        return logits, self.data.label[seeds].to(self.device)
 
 
 def build(ctx: BuildContext) -> DataParallelExecutor:
