@@ -123,7 +123,7 @@ def _report(
 ) -> PartitionReport:
     k, n, m = info.num_parts, info.num_nodes, info.num_edges
     degree = np.diff(indptr)
-    cut = int(np.count_nonzero(assignment[indices] != np.repeat(assignment, degree)))
+    cut = _edge_cut(assignment, indptr, indices)
     train = graph.train_ids()
     volume = int(sum(halo_sizes))
     return PartitionReport(
@@ -142,6 +142,17 @@ def _report(
         train_nodes=Balance.of(np.bincount(assignment[train], minlength=k)),
         halo=[int(h) for h in halo_sizes],
     )
+
+
+def _edge_cut(assignment: np.ndarray, indptr: np.ndarray, indices: np.ndarray, step: int = 1 << 20) -> int:
+    """Edges whose source and destination are in different parts, counted ``step`` destinations
+    at a time so the count needs no per-edge array of the whole graph."""
+    cut = 0
+    for lo in range(0, len(indptr) - 1, step):
+        hi = min(lo + step, len(indptr) - 1)
+        dst_parts = np.repeat(assignment[lo:hi], np.diff(indptr[lo : hi + 1]))
+        cut += int(np.count_nonzero(assignment[indices[indptr[lo] : indptr[hi]]] != dst_parts))
+    return cut
 
 
 def partition_store(store: DatasetStore | str, cfg: PartitionConfig, progress: bool = False) -> PartitionReport:
