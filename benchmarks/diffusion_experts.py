@@ -67,6 +67,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--num-per-class", type=int, default=100, help="samples per class for the quality measures")
     p.add_argument("--sample-steps", type=int, default=50, help="DDIM steps")
     p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--no-monolith", action="store_true",
+                   help="train only the expert sets (an ablation to compare with another run's monolith; no ratios)")
     p.add_argument("--workdir", default="", help="where the store and runs go (default: a temporary folder)")
     add_json_flag(p)
     return p.parse_args()
@@ -218,8 +220,9 @@ def main() -> None:
     per_seed: dict[str, list[dict]] = {}
     methods: dict[str, dict] = {}
     for seed in args.seeds:
-        methods[f"seed{seed}_monolith"] = bench.monolith(seed)
-        per_seed.setdefault("monolith", []).append(methods[f"seed{seed}_monolith"])
+        if not args.no_monolith:
+            methods[f"seed{seed}_monolith"] = bench.monolith(seed)
+            per_seed.setdefault("monolith", []).append(methods[f"seed{seed}_monolith"])
         for k in args.experts:
             for clustering in args.clusterings:
                 for mixture, figures in bench.expert_set(seed, k, clustering).items():
@@ -228,17 +231,18 @@ def main() -> None:
                     per_seed.setdefault(name, []).append(figures)
     means = {name: mean_figures(runs) for name, runs in per_seed.items()}
     methods.update(means)
-    mono = means["monolith"]
+    mono = means.get("monolith")
     ratios = {}
-    print(f"\nmeans over seeds {args.seeds}: monolith class match {mono['match_rate']:.3f}, digits FID {mono['fid']:.2f}")
+    print(f"\nmeans over seeds {args.seeds}:")
     for name, figures in means.items():
-        if name == "monolith":
-            continue
-        # FID: lower is better, so above 1 means the experts are worse; class match: higher is better.
-        ratios[f"{name}_over_monolith_fid"] = ratio(figures["fid"], mono["fid"])
-        ratios[f"{name}_over_monolith_match"] = ratio(figures["match_rate"], mono["match_rate"])
-        print(f"{name:28s} class match {figures['match_rate']:.3f}  digits FID {figures['fid']:7.2f}  "
-              f"FID / monolith {ratios[f'{name}_over_monolith_fid']:.3f}  per seed {[round(f, 2) for f in figures['fid_per_seed']]}")
+        over = ""
+        if mono is not None and name != "monolith":
+            # FID: lower is better, so above 1 means the experts are worse; class match: higher is better.
+            ratios[f"{name}_over_monolith_fid"] = ratio(figures["fid"], mono["fid"])
+            ratios[f"{name}_over_monolith_match"] = ratio(figures["match_rate"], mono["match_rate"])
+            over = f"FID / monolith {ratios[f'{name}_over_monolith_fid']:.3f}"
+        print(f"{name:28s} class match {figures['match_rate']:.3f}  digits FID {figures['fid']:7.2f}  {over}  "
+              f"per seed {[round(f, 2) for f in figures['fid_per_seed']]}")
     context = {"images_monolith": args.steps * args.batch_size, "expert_flops_ratio": bench.flops_ratio,
                "expert_steps": {f"k{k}": bench.expert_steps(k) for k in args.experts}, "workdir": str(bench.workdir)}
     publish(args, "diffusion_experts", methods, ratios, context)

@@ -156,8 +156,8 @@ class ExpertsConfig:
     seed gives the same clusters."""
     cluster_features: str = "pixels"
     """What the images are clustered on. 'pixels': mini-batch k-means on the raw pixels, streamed
-    from the store (cluster sizes come out as they fall). 'encoder': balanced k-means (sizes within
-    one image per cluster) on the features of a small contrastive encoder trained on the store
+    from the store (cluster sizes come out as they fall). 'encoder': balanced k-means (no cluster
+    over ceil(N / k) images) on the features of a small contrastive encoder trained on the store
     itself in the same job, without labels, and kept beside the clusters (``encoder.pt``) so later
     jobs of the set reuse it. 'labels': balanced k-means on the class labels, so each expert sees
     few classes: the upper bound, for comparison only (it needs a labelled store)."""
