@@ -36,11 +36,28 @@ epoch beside the analytic count, times, losses, scores) and the named ratios
 ...; see benchmarks/report.py). The smallest useful run, a minute on 2 cores::
 
     python benchmarks/pipeline_vs_graph_parallel.py --nodes 2000 --layers 4 --epochs 2 --chunks 2 --hidden 8
+
+On the emulated cluster (root; ``strata.testing.cluster``), ``--hosts N`` runs each executor
+with one rank per host, torchrun ``--nnodes N`` with a c10d rendezvous on host0, and
+``--link RATE ...`` sweeps the hosts' link rates (tc's units: ``unshaped 1gbit 100mbit``); every
+figure and ratio then carries the rate in its name (``graph_parallel_over_layer_pipeline_epoch_64_1gbit``)::
+
+    python benchmarks/pipeline_vs_graph_parallel.py --hosts 4 --link unshaped 10mbit --nodes 5000 --layers 8
+
+How a link here maps to a real cluster: bytes on the wire cost real time at the shaped rate,
+but compute here is CPU compute on cores the hosts share, about two orders of magnitude slower
+than a GPU's. What decides the executors' order is the ratio of wire time to compute time per
+epoch, so a link R here stands for a link R x (compute seconds here / compute seconds on the
+modelled GPU) there. The benchmark therefore prints, for every run, the compute it measured
+(CPU seconds per epoch per rank) beside the wire time its bytes need at the rate
+(bytes per rank / rate), and their ratio; measure the GPU's compute for the same epoch to
+place a rate on a real cluster rather than assume the factor.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -164,45 +181,77 @@ def worker(spec: dict) -> None:
             Path(spec["out"]).write_text(json.dumps(result))
 
 
-def _launch(spec: dict, procs: int, port: int, workdir: Path) -> dict:
-    spec_path = workdir / f"{spec['config']}-{spec['layers']}.json"
-    spec["out"] = str(workdir / f"{spec['config']}-{spec['layers']}.result.json")
+def _launch(spec: dict, procs: int, port: int, workdir: Path, cluster: object | None = None) -> dict:
+    """One configuration on ``procs`` local processes, or on one rank per host of ``cluster``."""
+    stem = f"{spec['config']}-{spec['layers']}-{spec.get('link', 'local')}"
+    spec_path = workdir / f"{stem}.json"
+    spec["out"] = str(workdir / f"{stem}.result.json")
     spec_path.write_text(json.dumps(spec))
     started = time.perf_counter()
-    run_worker(__file__, spec_path, procs, port, workdir, f"{spec['config']} at {spec['layers']} layers")
+    what = f"{spec['config']} at {spec['layers']} layers"
+    if cluster is None:
+        run_worker(__file__, spec_path, procs, port, workdir, what)
+    else:
+        _run_on_hosts(cluster, spec_path, port, workdir, f"{what}, links {spec['link']}")
     result = json.loads(Path(spec["out"]).read_text())
     result["wall_seconds"] = time.perf_counter() - started
     return result
 
 
+def _run_on_hosts(cluster, spec: Path, port: int, workdir: Path, what: str) -> None:
+    """``--worker SPEC`` under torchrun on every host of the emulated ``cluster``, one rank each,
+    c10d rendezvous on host0; on failure, exits naming ``what`` with each host's stderr."""
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(cluster.hosts)), "--nproc-per-node", "1",
+        "--rdzv-backend", "c10d", "--rdzv-endpoint", f"{cluster.host(0).name}:{port}", "--rdzv-id", f"bench-{port}",
+        str(Path(__file__).resolve()), "--worker", str(spec),
+    ]
+    env = {"OMP_NUM_THREADS": "1", "DGLBACKEND": "pytorch"}
+    procs = [cluster.popen(h.index, command, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for h in cluster.hosts]
+    errors = [proc.communicate()[1] for proc in procs]
+    failed = [f"{h.name} ({proc.returncode}):\n{err[-2000:]}" for h, proc, err in zip(cluster.hosts, procs, errors) if proc.returncode]
+    if failed:
+        raise SystemExit(f"{what} failed on " + "\n".join(failed))
+
+
 # -- the driver -----------------------------------------------------------------------------
 
 PROCS, HYBRID_STAGES, FLOAT_BYTES = 4, 2, 4
-LABELS = {"graph_parallel": "graph_parallel (4 parts)", "layer_pipeline": "layer_pipeline (4 stages)", "hybrid": "hybrid (2x2)"}
 
 
 def _activation(bytes_by_op: dict[str, float]) -> int:
     return int(bytes_by_op.get("send", 0.0) + bytes_by_op.get("all_to_all", 0.0))
 
 
-def analytic_bytes(config: str, layers: int, hidden: int, num_nodes: int, halo_rows: int) -> int:
+def analytic_bytes(config: str, layers: int, hidden: int, num_nodes: int, halo_rows: int, procs: int = PROCS) -> int:
     """Activation bytes per training epoch, all ranks together, by the formulas of the module
     docstring (``halo_rows``: the sum of halos of the cut the run used)."""
     per_row = hidden * FLOAT_BYTES
     if config == "graph_parallel":
         return 2 * layers * halo_rows * per_row
     if config == "layer_pipeline":
-        return 2 * (PROCS - 1) * num_nodes * per_row
+        return 2 * (procs - 1) * num_nodes * per_row
     return 2 * (HYBRID_STAGES - 1) * num_nodes * per_row + 2 * layers * halo_rows * per_row
 
 
-def figures(r: dict, hidden: int, timed: int) -> dict:
+def figures(r: dict, hidden: int, timed: int, procs: int = PROCS, link_bits: int | None = None) -> dict:
     """A run's figures, as the table and the JSON report them: the counters' training bytes of
     every epoch beside the analytic count (``bytes_exact``: equal in every epoch), medians of
     the last ``timed`` epochs' times."""
     per_epoch = [_activation(e) for e in r["epoch_bytes"]]
-    analytic = analytic_bytes(r["config"], r["layers"], hidden, r["num_nodes"], r["halo_rows"])
+    analytic = analytic_bytes(r["config"], r["layers"], hidden, r["num_nodes"], r["halo_rows"], procs)
+    compute = statistics.median(r["cpu_seconds"][-timed:]) / procs
+    # A rank's share of the epoch's bytes, at the link rate: the wire time the network adds at least.
+    wire = statistics.mean(per_epoch) / procs * 8 / link_bits if link_bits else 0.0
     return {
+        "link_bits_per_second": link_bits,
+        "compute_seconds_per_rank": compute,
+        "wire_seconds_per_rank": wire,
+        "wire_over_compute": wire / compute if compute else None,
         "executor": r["config"],
         "layers": r["layers"],
         "training_bytes": statistics.mean(per_epoch),
@@ -226,11 +275,12 @@ def figures(r: dict, hidden: int, timed: int) -> dict:
     }
 
 
-def ratios_at(layers: int, runs: dict[str, dict]) -> dict[str, float | None]:
+def ratios_at(layers: int, runs: dict[str, dict], suffix: str = "") -> dict[str, float | None]:
     """The named ratios at one depth: each run's measured over analytic bytes (1 when the
     counters match the formula), and graph_parallel over each pipeline in bytes, measured and
-    analytic, epoch time and CPU work."""
-    out = {f"{name}_measured_over_analytic_bytes_{layers}": ratio(f["training_bytes"], f["analytic_bytes"]) for name, f in runs.items()}
+    analytic, epoch time and CPU work. ``suffix``: the link rate on the emulated cluster."""
+    out = {f"{name}_measured_over_analytic_bytes_{layers}{suffix}": ratio(f["training_bytes"], f["analytic_bytes"])
+           for name, f in runs.items()}
     gp = runs.get("graph_parallel")
     for name in ("layer_pipeline", "hybrid"):
         other = runs.get(name)
@@ -238,22 +288,29 @@ def ratios_at(layers: int, runs: dict[str, dict]) -> dict[str, float | None]:
             continue
         for figure, key in (("bytes", "training_bytes"), ("bytes_analytic", "analytic_bytes"), ("epoch", "epoch_seconds"),
                             ("cpu", "cpu_seconds")):
-            out[f"graph_parallel_over_{name}_{figure}_{layers}"] = ratio(gp[key], other[key])
+            out[f"graph_parallel_over_{name}_{figure}_{layers}{suffix}"] = ratio(gp[key], other[key])
     return out
 
 
-def _row(f: dict) -> str:
+def _label(name: str, procs: int) -> str:
+    return {"graph_parallel": f"graph_parallel ({procs} parts)", "layer_pipeline": f"layer_pipeline ({procs} stages)",
+            "hybrid": f"hybrid ({HYBRID_STAGES}x{procs // HYBRID_STAGES})"}[name]
+
+
+def _row(f: dict, procs: int, link: str) -> str:
+    wire = f"{f['wire_seconds_per_rank']:.2f} s / {f['compute_seconds_per_rank']:.2f} s" if f["link_bits_per_second"] else "-"
     return (
-        f"| {f['layers']} | {LABELS[f['executor']]} | {f['training_bytes'] / 1e6:,.1f} MB | {f['analytic_bytes'] / 1e6:,.1f} MB | "
-        f"{f['training_bytes'] / f['analytic_bytes']:.4f} | {f['all_reduce_bytes'] / 1e6:,.2f} MB | {f['eval_bytes'] / 1e6:,.1f} MB | "
-        f"{f['epoch_seconds']:.2f} s | {f['comm_seconds']:.2f} s | {f['cpu_seconds']:.2f} s | {f['test_acc']:.4f} |"
+        f"| {f['layers']} | {link} | {_label(f['executor'], procs)} | {f['training_bytes'] / 1e6:,.1f} MB | "
+        f"{f['analytic_bytes'] / 1e6:,.1f} MB | {f['training_bytes'] / f['analytic_bytes']:.4f} | {f['all_reduce_bytes'] / 1e6:,.2f} MB | "
+        f"{f['eval_bytes'] / 1e6:,.1f} MB | {f['epoch_seconds']:.2f} s | {f['comm_seconds']:.2f} s | {f['cpu_seconds']:.2f} s | "
+        f"{wire} | {f['test_acc']:.4f} |"
     )
 
 
-def _comparison(layers: int, gp: dict, other: dict, cores: int) -> str:
+def _comparison(layers: int, gp: dict, other: dict, cores: int, link: str) -> str:
     return (
-        f"{layers} layers, graph_parallel / {other['executor']}: bytes {gp['training_bytes'] / other['training_bytes']:.2f}x measured "
-        f"({gp['analytic_bytes'] / other['analytic_bytes']:.2f}x analytic), "
+        f"{layers} layers, links {link}, graph_parallel / {other['executor']}: bytes {gp['training_bytes'] / other['training_bytes']:.2f}x "
+        f"measured ({gp['analytic_bytes'] / other['analytic_bytes']:.2f}x analytic), "
         f"epoch time {gp['epoch_seconds'] / other['epoch_seconds']:.2f}x, "
         f"CPU work {gp['cpu_seconds'] / other['cpu_seconds']:.2f}x (on {cores} cores an epoch takes at least CPU seconds / {cores}: "
         f"{gp['cpu_seconds'] / cores:.2f} s vs {other['cpu_seconds'] / cores:.2f} s), "
@@ -271,10 +328,62 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunks", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--hosts", type=int, default=0,
+                        help="run each executor with one rank per host on an emulated cluster of this many hosts (root; "
+                        "strata.testing.cluster) instead of 4 processes on this host")
+    parser.add_argument("--link", nargs="+", default=["unshaped"], metavar="RATE",
+                        help="with --hosts: the hosts' link rates to sweep, in tc's units (unshaped 10gbit 1gbit 300mbit)")
     parser.add_argument("--workdir", default="")
     add_json_flag(parser)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
-    return parser.parse_args()
+    args = parser.parse_args()
+    if args.hosts and (args.hosts < 2 or ("hybrid" in args.configs and args.hosts % HYBRID_STAGES)):
+        parser.error(f"--hosts must be at least 2, and a multiple of {HYBRID_STAGES} for the hybrid (or drop it from --configs)")
+    return args
+
+
+def _graph(args: argparse.Namespace, workdir: Path, procs: int) -> tuple[str, object, str, int]:
+    """The synthetic R-MAT store and its METIS cut into ``procs`` parts: (store, meta, partition, sum of halos)."""
+    from strata.partitioners.build import partition_store
+    from strata.partitioners.config import PartitionConfig
+    from strata.partitioners.format import open_partition
+    from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
+
+    store = str(workdir / "store")
+    t0 = time.perf_counter()
+    meta = write_synthetic(
+        SyntheticGraphConfig(num_nodes=args.nodes, avg_degree=args.avg_degree, kind="rmat", num_classes=8, feat_dim=64, seed=0),
+        store, overwrite=True, progress=False,
+    )
+    cut = PartitionConfig(method="metis", num_parts=procs, name=f"metis-{procs}", overwrite=True)
+    partition_store(store, cut)
+    parts = open_partition(store, cut.partition_name)
+    halo = sum(parts.part(k).halo_per_hop[0] for k in range(procs))
+    print(f"graph: {meta.num_nodes:,} nodes, {meta.num_edges:,} edges; METIS {procs} parts: sum of halos {halo:,} "
+          f"({halo / meta.num_nodes:.2f} x nodes); setup {time.perf_counter() - t0:.0f}s", flush=True)
+    return store, meta, cut.partition_name, halo
+
+
+def _emulated_cluster(args: argparse.Namespace, stack: contextlib.ExitStack) -> object | None:
+    if not args.hosts:
+        return None
+    from strata.testing.cluster import Cluster, ClusterConfig
+
+    cluster = stack.enter_context(Cluster(ClusterConfig(hosts=args.hosts)))
+    print(f"emulated cluster: {args.hosts} hosts, one rank each; links swept over {', '.join(args.link)}", flush=True)
+    return cluster
+
+
+def _say(f: dict, name: str, link: str) -> None:
+    per_epoch = f["training_bytes_per_epoch"]
+    wire = (f", wire {f['wire_seconds_per_rank']:.2f} s per rank at {link} against {f['compute_seconds_per_rank']:.2f} CPU s per rank "
+            f"(wire/compute {f['wire_over_compute']:.2f})") if f["link_bits_per_second"] else ""
+    print(f"  {f['layers']} layers, links {link}, {name}: {f['training_bytes'] / 1e6:,.1f} MB/epoch (analytic "
+          f"{f['analytic_bytes'] / 1e6:,.1f}, every epoch equal to it: {'yes' if f['bytes_exact'] else 'NO'}, epochs differ by "
+          f"{(max(per_epoch) - min(per_epoch)) / max(f['training_bytes'], 1):.1%}), epoch {f['epoch_seconds']:.2f} s of which "
+          f"{f['comm_seconds']:.2f} s in comm ops (mean over ranks, waiting included), {f['cpu_seconds']:.2f} CPU seconds "
+          f"(all ranks){wire}, setup {f['setup_seconds']:.0f} s, losses {', '.join(f'{x:.3f}' for x in f['losses'])}, "
+          f"wall {f['wall_seconds']:.0f} s", flush=True)
 
 
 def main() -> None:
@@ -282,55 +391,44 @@ def main() -> None:
     if args.worker:
         worker(json.loads(Path(args.worker).read_text()))
         return
+    from strata.testing.netns import parse_rate
 
-    from strata.partitioners.build import partition_store
-    from strata.partitioners.config import PartitionConfig
-    from strata.partitioners.format import open_partition
-    from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
-
+    procs = args.hosts or PROCS
+    links = args.link if args.hosts else ["local"]
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="strata-pipe-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    store = str(workdir / "store")
-    t0 = time.perf_counter()
-    meta = write_synthetic(
-        SyntheticGraphConfig(num_nodes=args.nodes, avg_degree=args.avg_degree, kind="rmat", num_classes=8, feat_dim=64, seed=0),
-        store, overwrite=True, progress=False,
-    )
-    cut = PartitionConfig(method="metis", num_parts=PROCS, name=f"metis-{PROCS}", overwrite=True)
-    partition_store(store, cut)
-    parts = open_partition(store, cut.partition_name)
-    halo4 = sum(parts.part(k).halo_per_hop[0] for k in range(PROCS))
-    print(f"graph: {meta.num_nodes:,} nodes, {meta.num_edges:,} edges; METIS {PROCS} parts: sum of halos {halo4:,} "
-          f"({halo4 / meta.num_nodes:.2f} x nodes); setup {time.perf_counter() - t0:.0f}s", flush=True)
-
+    store, meta, partition, halo = _graph(args, workdir, procs)
     timed = max(1, min(3, args.epochs - 1))
     rows = [
-        "| layers | executor | training bytes/epoch (counters) | analytic | measured/analytic | all-reduce/epoch (gradients, loss) "
-        "| eval bytes/pass | epoch time (median of last 3) | of which in comm ops | CPU seconds/epoch, all ranks | test acc |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| layers | links | executor | training bytes/epoch (counters) | analytic | measured/analytic | all-reduce/epoch (gradients, loss) "
+        "| eval bytes/pass | epoch time (median of last 3) | of which in comm ops | CPU seconds/epoch, all ranks "
+        "| wire / compute per rank | test acc |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     comparisons, methods, ratios = [], {}, {}
     port = 29600 + os.getpid() % 1000
-    cores = min(PROCS, len(os.sched_getaffinity(0)))
-    for layers in args.layers:
-        runs = {}
-        for name in args.configs:
-            spec = {"config": name, "store": store, "partition": cut.partition_name, "layers": layers, "hidden": args.hidden,
-                    "epochs": args.epochs, "chunks": args.chunks, "lr": args.lr}
-            runs[name] = f = figures(_launch(spec, PROCS, port, workdir), args.hidden, timed)
-            methods[f"{name}_{layers}"] = f
-            port += 1
-            rows.append(_row(f))
-            per_epoch = f["training_bytes_per_epoch"]
-            print(f"  {layers} layers, {name}: {f['training_bytes'] / 1e6:,.1f} MB/epoch (analytic {f['analytic_bytes'] / 1e6:,.1f}, "
-                  f"every epoch equal to it: {'yes' if f['bytes_exact'] else 'NO'}, epochs differ by "
-                  f"{(max(per_epoch) - min(per_epoch)) / max(f['training_bytes'], 1):.1%}), epoch {f['epoch_seconds']:.2f} s of which "
-                  f"{f['comm_seconds']:.2f} s in comm ops (mean over ranks, waiting included), {f['cpu_seconds']:.2f} CPU seconds "
-                  f"(all ranks), setup {f['setup_seconds']:.0f} s, losses {', '.join(f'{x:.3f}' for x in f['losses'])}, "
-                  f"wall {f['wall_seconds']:.0f} s", flush=True)
-        ratios.update(ratios_at(layers, runs))
-        comparisons += [_comparison(layers, runs["graph_parallel"], runs[name], cores)
-                        for name in ("layer_pipeline", "hybrid") if "graph_parallel" in runs and name in runs]
+    cores = min(procs, len(os.sched_getaffinity(0)))
+    with contextlib.ExitStack() as stack:
+        cluster = _emulated_cluster(args, stack)
+        for link in links:
+            suffix = f"_{link}" if cluster is not None else ""
+            if cluster is not None:
+                for host in cluster.hosts:
+                    cluster.set_rate(host.index, link)
+            for layers in args.layers:
+                runs = {}
+                for name in args.configs:
+                    spec = {"config": name, "store": store, "partition": partition, "layers": layers, "hidden": args.hidden,
+                            "epochs": args.epochs, "chunks": args.chunks, "lr": args.lr, "link": link}
+                    bits = parse_rate(link) if cluster is not None else None
+                    runs[name] = f = figures(_launch(spec, procs, port, workdir, cluster), args.hidden, timed, procs, bits)
+                    methods[f"{name}_{layers}{suffix}"] = f
+                    port += 1
+                    rows.append(_row(f, procs, link))
+                    _say(f, name, link)
+                ratios.update(ratios_at(layers, runs, suffix))
+                comparisons += [_comparison(layers, runs["graph_parallel"], runs[name], cores, link)
+                                for name in ("layer_pipeline", "hybrid") if "graph_parallel" in runs and name in runs]
     print()
     print("\n".join(rows))
     print()
@@ -339,9 +437,11 @@ def main() -> None:
     print(f"Epoch time: median of the last {timed} of {args.epochs} training steps on rank 0 (the first epoch is the pipelines' "
           "synchronous pass and everyone's first touch of memory); evaluation and setup not included. In comm ops: seconds inside "
           "send/recv/all_to_all/all_reduce per epoch, mean over ranks, waiting for peers included. CPU seconds: "
-          "process time of the training step summed over ranks (blocked waits cost none): the work an epoch needs, whatever the cores.")
-    context = {"num_nodes": meta.num_nodes, "num_edges": meta.num_edges, "processes": PROCS, "cores": cores,
-               "metis_4_halo_rows": halo4, "timed_epochs": timed, "gnnpipe_paper": GNNPIPE}
+          "process time of the training step summed over ranks (blocked waits cost none): the work an epoch needs, whatever the cores. "
+          "Wire / compute (emulated cluster): a rank's share of the epoch's bytes at the link rate, against its CPU seconds.")
+    context = {"num_nodes": meta.num_nodes, "num_edges": meta.num_edges, "processes": procs, "cores": cores,
+               f"metis_{procs}_halo_rows": halo, "timed_epochs": timed, "gnnpipe_paper": GNNPIPE,
+               "hosts": args.hosts, "links": links}
     publish(args, "pipeline_vs_graph_parallel", methods, ratios, context)
 
 
