@@ -128,6 +128,7 @@ def replace_atomically(tmp: str, dst: str) -> None:
     src_path, dst_path = local_path(tmp), local_path(dst)
     if src_path is not None and dst_path is not None:
         if not os.path.lexists(dst_path):
+            os.makedirs(os.path.dirname(dst_path.rstrip("/")) or ".", exist_ok=True)
             os.rename(src_path, dst_path)
             return
         if os.path.isdir(dst_path) != os.path.isdir(src_path):
