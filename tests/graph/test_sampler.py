@@ -4,6 +4,7 @@ sampling error of the exact uniform law, for strata's torch sampler and for DGL'
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import threading
@@ -19,6 +20,18 @@ from strata.storage.featstore.sampling import NeighbourSampler
 from tests.helpers.graphs import awkward_csc
 
 needs_dgl = pytest.mark.skipif(not ops.dgl_available(), reason="DGL does not import here")
+
+
+@pytest.fixture
+def one_dgl_thread():
+    """DGL's sampler on one OpenMP thread, as long as the test runs: on a loaded machine its
+    threads' barriers made each call take 100x longer (and one thread repeats a seed's draws)."""
+    from strata._dgl import dgl
+
+    threads = dgl.utils.get_num_threads()
+    dgl.utils.set_num_threads(1)
+    yield
+    dgl.utils.set_num_threads(threads)
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -220,16 +233,21 @@ def _torch_draw(sampler: TorchSampler, seeds: torch.Tensor, call: int) -> Sample
     return sampler.sample(seeds, _gen(1000 + call))
 
 
-def test_torch_sampler_draws_every_subset_uniformly() -> None:
+@functools.cache
+def _torch_counts() -> tuple:
     indptr, indices, dst = _star_copies()
-    counts, subsets = _edge_and_subset_counts(TorchSampler(indptr, indices, [FANOUT]), indptr, indices, dst, _torch_draw)
+    return _edge_and_subset_counts(TorchSampler(indptr, indices, [FANOUT]), indptr, indices, dst, _torch_draw)
+
+
+def test_torch_sampler_draws_every_subset_uniformly() -> None:
+    counts, subsets = _torch_counts()
     _assert_uniform(counts, subsets, "torch sampler")
 
 
 @needs_dgl
-def test_dgl_sampler_has_the_same_distribution_and_fanouts() -> None:
+def test_dgl_sampler_has_the_same_distribution_and_fanouts(one_dgl_thread: None) -> None:
     indptr, indices, dst = _star_copies()
-    torch_counts, _ = _edge_and_subset_counts(TorchSampler(indptr, indices, [FANOUT]), indptr, indices, dst, _torch_draw)
+    torch_counts, _ = _torch_counts()
     sampler = make_sampler(indptr, indices, [FANOUT], backend="dgl")
     assert isinstance(sampler, DglSampler)
     counts, subsets = _edge_and_subset_counts(sampler, indptr, indices, dst, lambda s, seeds, call: s.sample(seeds, _gen(call)))
@@ -244,7 +262,7 @@ def test_dgl_sampler_has_the_same_distribution_and_fanouts() -> None:
 
 
 @needs_dgl
-def test_dgl_sampler_builds_blocks_of_the_same_convention() -> None:
+def test_dgl_sampler_builds_blocks_of_the_same_convention(one_dgl_thread: None) -> None:
     indptr, indices = awkward_csc(300, 300, 2500, seed=9)
     seeds = np.random.default_rng(2).permutation(300)[:40]
     sampled = DglSampler(indptr, indices, [3, 2]).sample(torch.from_numpy(seeds), _gen(0))
@@ -274,3 +292,47 @@ def test_a_cpu_generator_gives_the_same_blocks_on_cuda() -> None:
     sampled = on_gpu_gen.sample(seeds.to(cuda), torch.Generator(cuda).manual_seed(8))
     _check_blocks(SampledBlocks(sampled.input_nodes.cpu(), [b.to("cpu") for b in sampled.blocks]),
                   indptr, indices, [5, 3], seeds.numpy())
+
+
+HIDE_DGL_AND_SAMPLE = r'''
+import importlib.abc
+import sys
+
+
+class HideDGL(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "dgl" or name.startswith("dgl."):
+            raise ImportError(f"No module named '{name}' (hidden by the test)")
+        return None
+
+
+sys.meta_path.insert(0, HideDGL())
+import numpy as np
+
+from strata.graph.sampler import make_sampler
+from strata.storage.featstore.sampling import EpochPlan, NeighbourSampler, sample_step
+
+indptr = np.array([0, 2, 5, 5, 6]); indices = np.array([1, 2, 0, 2, 3, 0])
+plan = EpochPlan(np.arange(4), 2, seed=0)
+batch = sample_step(NeighbourSampler(indptr, indices, [2, 2]), plan, plan.order(0), 0, 0)
+blocks = batch.to_graph_blocks()
+try:
+    make_sampler(indptr, indices, [2], backend="dgl")
+except ImportError as e:
+    print("dgl backend:", e)
+assert not any(name == "dgl" or name.startswith("dgl.") for name in sys.modules), "something imported DGL"
+print("sampled without DGL:", len(blocks), "blocks")
+'''
+
+
+def test_sampling_and_packing_need_no_dgl() -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-c", HIDE_DGL_AND_SAMPLE], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "sampled without DGL: 2 blocks" in result.stdout and "dgl backend: No module named 'dgl'" in result.stdout
