@@ -200,7 +200,10 @@ def floyd_sample(degrees: Tensor, k: int, generator: torch.Generator) -> Tensor:
 
 class DglSampler:
     """DGL's C++ neighbour sampler behind the same interface, CPU only; not reproducible across
-    threads or processes (see the module docstring for where it may be used)."""
+    threads or processes (see the module docstring for where it may be used).
+
+    DGL parallelises each call over OpenMP threads: on a machine with more busy threads than
+    cores their barriers made a call 100x slower here (``dgl.utils.set_num_threads(1)`` then helps)."""
 
     def __init__(self, indptr: Any, indices: Any, fanouts: Sequence[int]) -> None:
         from strata._dgl import dgl
