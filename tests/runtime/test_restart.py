@@ -104,7 +104,7 @@ def _resume_two_ranks(topology, store: str, run_dir: str) -> str:
 
     try:
         train_node_classifier(
-            DataConfig(store=store), ModelConfig(name="gcn", hidden=8), TrainConfig(executor="graph_parallel", epochs=2),
+            DataConfig(store=store), ModelConfig(name="gcn", hidden=8), TrainConfig(executor="layer_pipeline", epochs=2),
             CheckpointConfig(), MetricsConfig(), run_dir=run_dir, resume=True, progress=False, topology=topology,
         )
     except CheckpointError as exc:
@@ -112,7 +112,9 @@ def _resume_two_ranks(topology, store: str, run_dir: str) -> str:
     return "resumed"
 
 
-def test_resume_at_another_world_size_is_refused(tmp_path: Path, store: str) -> None:
+def test_resume_of_a_layer_pipeline_at_another_world_size_is_refused(tmp_path: Path, store: str) -> None:
+    """Its shards hold one pipeline stage's parameters each: they do not re-split (minibatch and
+    graph_parallel do: tests/runtime/gnn/test_elastic_resume.py)."""
     from strata.models.config import ModelConfig
     from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
     from strata.runtime.gnn.config import TrainConfig
@@ -121,9 +123,9 @@ def test_resume_at_another_world_size_is_refused(tmp_path: Path, store: str) -> 
 
     run_dir = str(tmp_path / "run")
     train_node_classifier(
-        DataConfig(store=store), ModelConfig(name="gcn", hidden=8), TrainConfig(executor="graph_parallel", epochs=1),
+        DataConfig(store=store), ModelConfig(name="gcn", hidden=8), TrainConfig(executor="layer_pipeline", epochs=1),
         CheckpointConfig(), MetricsConfig(), run_dir=run_dir, progress=False,
     )
     for message in run_workers(_resume_two_ranks, 2, store, run_dir):
         assert "was written by 1 processes but this run has 2" in message
-        assert "resume with 1 processes" in message
+        assert "layer_pipeline gives each process a stage" in message and "resume with 1 processes" in message
