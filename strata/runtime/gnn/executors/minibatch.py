@@ -53,9 +53,10 @@ def rank_data(data: NodeData, rank: int, world_size: int, seed: int) -> NodeData
 @torch.no_grad()
 def evaluate_full_graph(model: LayeredModel, data: NodeData, graph: Block | None = None) -> dict[str, float]:
     """Loss and accuracy of every split, from one full-graph forward pass over ``graph``
-    (``data``'s graph as a Block; built here when not given)."""
+    (``data``'s graph as a Block, on the model's device; built here when not given)."""
     model.eval()
-    logits = model(graph_block(data.graph) if graph is None else graph, data.feat)
+    graph = graph_block(data.graph) if graph is None else graph
+    logits = model(graph, data.feat.to(graph.device)).float().cpu()  # (num_nodes, num_classes)
     out = {}
     for name, ids in data.splits.items():
         if len(ids) == 0:
@@ -79,9 +80,11 @@ class DataParallelExecutor:
         self.comm = comm
         self.optimizer = optimizer
         self.device = device
-        self.graph = batches.graph if isinstance(batches, FullGraphBatches) else graph_block(data.graph)
-        """The whole graph, for evaluation (and the full-graph batches' own Block, so kernels
-        derive their structures once)."""
+        whole = batches.graph if isinstance(batches, FullGraphBatches) else graph_block(data.graph)
+        self.graph = whole.to(device)
+        """The whole graph on the device, for evaluation and full-graph steps: moved once, so
+        kernels derive their structures once."""
+        self._whole = whole
         broadcast_parameters(self.model, comm)
 
     def steps_per_epoch(self) -> int:
@@ -93,7 +96,10 @@ class DataParallelExecutor:
     def forward_backward(self, batch: Batch, scale: float) -> StepOutput:
         self.model.train()
         graphs = batch.graphs
-        graphs = [b.to(self.device) for b in graphs] if isinstance(graphs, list) else graphs.to(self.device)
+        if isinstance(graphs, list):
+            graphs = [b.to(self.device) for b in graphs]
+        else:
+            graphs = self.graph if graphs is self._whole else graphs.to(self.device)
         logits = self.model(graphs, batch.x.to(self.device))
         loss = F.cross_entropy(logits[batch.seeds].float(), batch.y.to(self.device))
         (loss * scale).backward()
@@ -138,7 +144,7 @@ class DataParallelExecutor:
 
     def _logits(self, seeds: Tensor) -> tuple[Tensor, Tensor]:
         """Exact logits of ``seeds`` from their full L-hop neighbourhood.  (len(seeds), classes)"""
-        input_nodes, blocks = full_neighbourhood_blocks(self.graph, seeds, self.model.num_graph_layers)
+        input_nodes, blocks = full_neighbourhood_blocks(self._whole, seeds, self.model.num_graph_layers)
         x = self.data.feat[input_nodes]
         logits = self.model([b.to(self.device) for b in blocks], x.to(self.device))
         return logits, self.data.label[seeds].to(self.device)
