@@ -178,3 +178,42 @@ def test_graph_parallel_on_cora_ends_within_a_point_of_the_uninterrupted_run(tmp
     reference = _graph_parallel_reference(tmp_path, store, 200)
     assert chain[-1]["steps"] == reference["steps"]
     assert abs(chain[-1]["test_acc"] - reference["test_acc"]) <= 0.01, (chain[-1]["test_acc"], reference["test_acc"])
+
+
+def test_a_packed_remainder_is_the_n_process_runs_packed_batches(tmp_path: Path) -> None:
+    """features.mode packed: the remainder of an epoch of 2 processes, resumed at 1, reads the
+    2 shares' packs and yields the very batches (seeds, blocks, feature rows) of the in-memory path."""
+    import torch
+
+    from strata.launch.cli import main
+    from strata.models.config import ModelConfig
+    from strata.models.gnn import build_gnn
+    from strata.runtime.config import DataConfig
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.gnn.config import PipelineConfig, TrainConfig
+    from strata.runtime.gnn.data import load_node_data
+    from strata.runtime.gnn.elastic import Remainder, RemainderBatches, _ids, share_batches
+    from strata.runtime.gnn.executors.base import BuildContext
+    from strata.storage.featstore.config import FeaturesConfig
+
+    store = str(tmp_path / "store")
+    write_synthetic(SyntheticGraphConfig(num_nodes=160, avg_degree=4, num_classes=3, feat_dim=8, seed=3), store, progress=False)
+    assert main(["pack", store, "--fanouts", "3,3", "--batch-size", "8", "--epochs", "3", "--seed", str(SEED),
+                 "--host-cache-bytes", "1MiB", "--world-size", "2", "-q"]) == 0
+    train = TrainConfig(executor="minibatch", epochs=3, batch_size=BATCH, fanouts=[3, 3], seed=SEED)
+    remainder = Remainder(epoch=1, world_size=2, start=3, consumed=0, dealt_from=3, dealt_over=1)
+    steps = {}
+    for mode in ("packed", "in_memory"):
+        features = FeaturesConfig(mode=mode, host_cache_bytes=1 << 20, prefetch=2)
+        ctx = BuildContext(
+            train=train, pipeline=PipelineConfig(), features=features, data_cfg=DataConfig(store=store),
+            model=build_gnn(ModelConfig(name="sage", hidden=8, num_layers=2), 8, 3), optimizer=None, comm=Comm(0, 1),  # type: ignore[arg-type]
+            device="cpu", load_data=lambda mode=mode: load_node_data(DataConfig(store=store), self_loops=False, load_features=mode == "in_memory"),
+        )
+        batches = RemainderBatches(remainder, lambda rank, ctx=ctx: share_batches(ctx, rank, 2), rank=0, grad_accum=1)
+        steps[mode] = [micro for step in batches.steps(3) for micro in step]
+        batches.close()
+    assert len(steps["packed"]) == 6  # 2 shares x the 3 steps left of 6
+    assert Counter((tuple(seeds), inputs) for seeds, inputs in map(_ids, steps["packed"])) == _expected(store, 2, 1, 3)
+    for packed, memory in zip(steps["packed"], steps["in_memory"]):
+        assert _ids(packed) == _ids(memory) and torch.equal(packed.x, memory.x) and torch.equal(packed.y, memory.y)
