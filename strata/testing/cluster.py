@@ -278,6 +278,14 @@ def _held(tag: str) -> bool:
     return bool(owner) and _process_id(owner["pid"]) == owner
 
 
+def _made_by_up(tag: str) -> bool:
+    """Whether the cluster recorded under ``tag`` was left up for the shell (no owner)."""
+    try:
+        return json.loads(_state_file(tag).read_text()).get("owner") is None
+    except (OSError, ValueError):
+        return False
+
+
 def _stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """SIGTERM a process we started and its process group, then SIGKILL what lingers."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -293,12 +301,13 @@ def _stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
             continue
 
 
-def cleanup(prefix: str = "stc", *, tag: str | None = None, include_held: bool = False) -> list[str]:
+def cleanup(prefix: str = "stc", *, tag: str | None = None, include_held: bool = False, include_up: bool = True) -> list[str]:
     """Remove clusters by name: the one ``tag`` names, else every one no live process holds
-    (every one with ``include_held``). Returns the tags removed."""
+    (every one with ``include_held``; ``include_up=False`` also keeps those ``up`` made, as the
+    tests do when they clear a killed run's leftovers). Returns the tags removed."""
     if tag is None:
         found = _tags_by_name(prefix) | set(recorded_tags())
-        tags = sorted(t for t in found if include_held or not _held(t))
+        tags = sorted(t for t in found if (include_held or not _held(t)) and (include_up or not _made_by_up(t)))
     else:
         tags = [tag]
     for t in tags:

@@ -19,4 +19,4 @@ def as_root() -> None:
         pytest.skip(f"the emulated cluster needs {', '.join(missing)} (iproute2, util-linux), not installed here")
     from strata.testing.cluster import cleanup
 
-    cleanup()  # clusters no live process holds: leftovers of a killed run
+    cleanup(include_up=False)  # leftovers of a killed run (not clusters someone left up with 'up')

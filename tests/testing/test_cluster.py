@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from strata.testing import netns
-from strata.testing.cluster import STATE_DIR, Cluster, ClusterConfig, ClusterError
+from strata.testing.cluster import STATE_DIR, Cluster, ClusterConfig, ClusterError, cleanup
 
 # Receives until the sender closes, then prints the bytes and the seconds from first to last byte.
 RECEIVER = textwrap.dedent("""
@@ -117,6 +117,7 @@ def test_the_command_line_builds_uses_and_removes_a_cluster(as_root: None) -> No
     tag = up.stdout.split()[1].rstrip(":")
     try:
         assert "host1  10.78.0.2" in up.stdout
+        assert tag not in cleanup(include_up=False)  # what the tests clear at start leaves a cluster 'up' made
         assert _cli("run", "--tag", tag, "host1", "--", "hostname").returncode == 0
         ran = subprocess.run([sys.executable, "-m", "strata.testing.cluster", "run", "--tag", tag, "1", "--", "cat", "/etc/hosts"],
                              capture_output=True, text=True, timeout=60)
