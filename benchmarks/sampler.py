@@ -17,9 +17,10 @@ The methods' calls are interleaved batch by batch, so all see the same load; the
 median wall and CPU seconds are reported (the machine may be shared: CPU seconds are steadier).
 ``--train-batches N`` also runs N steps of a 2-layer GraphSAGE (mean aggregation, the same
 weights and DGL's mean kernel for both) fed by strata's path (``sample_step``, the runtime's
-``gather_rows``, Blocks, ``graph.ops.mean``) and by a bare DGL loop (``NeighborSampler``,
-``feat[input_nodes]``, DGL blocks, ``dgl.ops.copy_u_mean``), alternating step by step, and
-compares seeds per second.
+``gather_rows``, Blocks, ``graph.ops.mean``) and by a bare DGL loop (``NeighborSampler``, DGL
+blocks, ``dgl.ops.copy_u_mean``), alternating step by step, and compares seeds per second. Both
+loops gather features with the runtime's ``gather_rows``: a bare loop's ``feat[input_nodes]``
+(torch advanced indexing) is several times slower and would flatter strata.
 
     python benchmarks/sampler.py [--nodes 200000] [--avg-degree 10] [--fanouts 10,10] [--batch-size 1024]
                                  [--batches 40] [--train-batches 20] [--threads 1] [--json OUT]
@@ -206,7 +207,8 @@ def time_training(args: argparse.Namespace, indptr: np.ndarray, indices: np.ndar
 
     def dgl_step(step: int) -> None:
         input_nodes, output_nodes, blocks = dgl_sampler.sample_blocks(dgl_graph, torch.from_numpy(plan.seeds(order, step)))
-        out = models["dgl"](blocks, feat[input_nodes], lambda b, h: dgl.ops.copy_u_mean(b, h))
+        x = gather_rows(feat, input_nodes.numpy())  # the same gather as strata's, so the loops differ in sampling only
+        out = models["dgl"](blocks, x, lambda b, h: dgl.ops.copy_u_mean(b, h))
         train(out, labels[output_nodes], optimizers["dgl"])
 
     seconds = {"strata": [0.0, 0.0], "dgl": [0.0, 0.0]}  # wall, CPU
