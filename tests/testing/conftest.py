@@ -17,6 +17,13 @@ def as_root() -> None:
     missing = [tool for tool in ("ip", "tc", "unshare") if not (shutil.which(tool) or shutil.which(tool, path="/usr/sbin:/sbin"))]
     if missing:
         pytest.skip(f"the emulated cluster needs {', '.join(missing)} (iproute2, util-linux), not installed here")
-    from strata.testing.cluster import cleanup
+    from strata.testing.cluster import Cluster, ClusterConfig, ClusterError, cleanup
 
     cleanup(include_up=False)  # leftovers of a killed run (not clusters someone left up with 'up')
+    try:
+        with Cluster(ClusterConfig(hosts=1, rate="1gbit")):
+            pass
+    except ClusterError as exc:
+        if "not permitted" not in str(exc).lower() and "permission" not in str(exc).lower():
+            raise
+        pytest.skip(f"this root cannot build network namespaces (a container without CAP_NET_ADMIN/CAP_SYS_ADMIN?): {exc}")
