@@ -199,7 +199,7 @@ def _peers(store: dist.Store, world_size: int) -> list[Peer]:
 def _is_comm_failure(exc: RuntimeError) -> bool:
     if isinstance(exc, dist.DistError):
         return True
-    return re.search(r"gloo|nccl|connection|timed out|broken pipe|peer", str(exc), re.IGNORECASE) is not None
+    return re.search(r"gloo|nccl|connection|timed out|broken pipe|by peer", str(exc), re.IGNORECASE) is not None
 
 
 def probe(peer: Peer, timeout: float = PROBE_SECONDS) -> str:
