@@ -20,7 +20,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -34,7 +34,6 @@ from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.topology import Topology, single_process
 from strata.runtime.gnn import elastic
-from strata.runtime.gnn.batches import BatchSource
 from strata.runtime.gnn.config import PipelineConfig, TrainConfig
 from strata.runtime.gnn.data import NodeData, load_node_data
 from strata.runtime.gnn.executors.base import BuildContext, GNNExecutor
@@ -44,6 +43,9 @@ from strata.runtime.metrics import TrainingMetrics
 from strata.storage import fs, layout
 from strata.storage.featstore.config import FeaturesConfig
 from strata.storage.store import DatasetMeta, DatasetStore
+
+if TYPE_CHECKING:
+    from strata.runtime.gnn.batches import BatchSource
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +166,6 @@ class NodeClassificationJob:
         else:  # written before the one loop: the bookkeeping was in the loop state
             old = shard["loop"]
             self.best = BestSoFar(old["best_val_acc"], old["best_val_loss"], old["best_epoch"], old["bad_epochs"])
-
 
     def fixed_world_size(self) -> str:
         return elastic.fixed_world_size(self.cfg.executor)
