@@ -35,6 +35,7 @@ import argparse
 import ipaddress
 import json
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -109,6 +110,8 @@ class Cluster:
     _procs: list[subprocess.Popen] = field(init=False, default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
+        if not re.fullmatch(r"[0-9a-f]{5}", self.tag):
+            raise ClusterError(f"a cluster's tag is 5 lowercase hex digits, got '{self.tag}'")
         network = ipaddress.ip_network(self.config.subnet)
         addresses = list(network.hosts())
         stem = f"{self.config.prefix}{self.tag}"
@@ -133,6 +136,8 @@ class Cluster:
         ``owner`` is the pid that holds the cluster (this process by default; 0 for none, as
         ``up`` from the shell leaves it for ``down``)."""
         netns.require_tools()
+        if _state_file(self.tag).exists() or self.tag in _tags_by_name(self.config.prefix):
+            raise ClusterError(f"a cluster tagged '{self.tag}' exists already; choose another tag (or leave it to chance)")
         self._write_state(os.getpid() if owner is None else owner)
         try:
             netns.make_bridge(self._bridge, self._root)
@@ -323,8 +328,6 @@ def cleanup(prefix: str = "stc", *, tag: str | None = None, include_held: bool =
 
 
 def _tags_by_name(prefix: str) -> set[str]:
-    import re
-
     pattern = re.compile(rf"^{prefix}([0-9a-f]{{5}})(?:-host\d+|br|v\d+)$")
     names = netns.list_netns() + netns.list_etc_netns() + netns.list_links()
     return {m.group(1) for m in map(pattern.match, names) if m}

@@ -150,6 +150,9 @@ def test_down_removes_the_cluster_of_a_killed_process_but_not_a_held_one(as_root
         assert orphan in _cli("down").stdout
         assert not any(orphan in n for n in netns.list_netns() + netns.list_links() + netns.list_etc_netns())
         assert len(_names(held)) == 6  # the live one stays
+        with pytest.raises(ClusterError, match=f"a cluster tagged '{held.tag}' exists already"):
+            Cluster(tag=held.tag).up()  # and a second cluster of its tag neither builds nor tears it down
+        assert len(_names(held)) == 6
     assert _names(held) == set()
 
 
