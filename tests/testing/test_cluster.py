@@ -90,7 +90,7 @@ def test_a_shaped_link_takes_the_time_its_rate_says(as_root: None) -> None:
     print(f"200mbit: {shaped * 8 / 1e6:.0f} Mbit/s, 50mbit: {slower * 8 / 1e6:.0f} Mbit/s, unshaped: {unshaped * 8 / 1e6:.0f} Mbit/s")
     assert 0.6 * rate < shaped < 1.1 * rate
     assert 0.6 * rate / 4 < slower < 1.1 * rate / 4
-    assert unshaped > 3 * rate
+    assert unshaped > 1.5 * rate  # veth runs at GB/s; the margin leaves room for a receiver slowed by a loaded CPU
 
 
 def test_a_cut_link_carries_nothing_until_it_is_restored(as_root: None) -> None:
