@@ -141,7 +141,10 @@ class Cluster:
         self._write_state(os.getpid() if owner is None else owner)
         try:
             netns.make_bridge(self._bridge, self._root)
-            hosts_file = "127.0.0.1 localhost\n" + "".join(f"{h.address} {h.name}\n" for h in self.hosts)
+            # The IPv4-mapped lines let a dual-stack server (torch's TCPStore) name its clients.
+            hosts_file = "127.0.0.1 localhost\n" + "".join(f"{h.address} {h.name}\n" for h in self.hosts) + "".join(
+                f"::ffff:{h.address} {h.name}\n" for h in self.hosts
+            )
             for host in self.hosts:
                 netns.make_host(host.netns, host.link, self._bridge, f"{host.address}/{self._prefixlen}", hosts_file)
                 self.set_rate(host.index, self.config.rate)
