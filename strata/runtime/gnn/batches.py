@@ -37,6 +37,7 @@ from strata.storage.featstore.sampling import (  # noqa: F401  (SHUFFLE, SAMPLE 
     SamplerConfig,
     sample_step,
 )
+from strata.storage.featstore.tiered import DeviceRows
 
 if TYPE_CHECKING:
     from strata.runtime.gnn.config import TrainConfig
@@ -55,6 +56,9 @@ class Batch:
     seeds: Tensor
     """Output rows whose loss counts."""
     y: Tensor
+    device_rows: DeviceRows | None = None
+    """Feature rows the store's device tier serves, still to be placed in ``x`` once it is on
+    the GPU (a staged batch: see :mod:`strata.runtime.gnn.device_feed`); None for the rest."""
 
     def __len__(self) -> int:
         return len(self.seeds)
@@ -93,9 +97,9 @@ def _train_ids(data: NodeData) -> np.ndarray:
     return np.asarray(train.numpy() if isinstance(train, Tensor) else train, dtype=np.int64)
 
 
-def _batch(data: NodeData, blocks: list[Block], x: Tensor, output_nodes: np.ndarray) -> Batch:
+def _batch(data: NodeData, blocks: list[Block], x: Tensor, output_nodes: np.ndarray, device_rows: DeviceRows | None = None) -> Batch:
     out = torch.from_numpy(np.ascontiguousarray(output_nodes, dtype=np.int64))
-    return Batch(blocks, x, torch.arange(len(out)), data.label[out])
+    return Batch(blocks, x, torch.arange(len(out)), data.label[out], device_rows)
 
 
 def sampled_blocks(sampled: SampledBatch) -> list[Block]:
@@ -146,12 +150,14 @@ def gather_rows(feat: Tensor, ids: np.ndarray) -> Tensor:
 
 class StoreBatches:
     """Sampled batches whose blocks and features come from the tiered feature store
-    (``cached`` or ``packed`` mode), loaded ahead on background threads."""
+    (``cached`` or ``packed`` mode), loaded ahead on background threads. ``staged``: features
+    stay in pinned host memory, the device tier's rows apart, for a device feed to copy."""
 
-    def __init__(self, data: NodeData, loader: FeatureLoader, features: FeaturesConfig) -> None:
+    def __init__(self, data: NodeData, loader: FeatureLoader, features: FeaturesConfig, *, staged: bool = False) -> None:
         self.data = data
         self.loader = loader
         self.features = features
+        self.staged = staged
 
     @property
     def counters(self) -> FeatureCounters:
@@ -166,8 +172,8 @@ class StoreBatches:
         from strata.storage.featstore.prefetch import prefetched
 
         def load(step: int) -> Batch:
-            loaded = self.loader.load(epoch, step)
-            return _batch(self.data, as_blocks(loaded.blocks), loaded.x, loaded.output_nodes)
+            loaded = self.loader.load(epoch, step, staged=self.staged)
+            return _batch(self.data, as_blocks(loaded.blocks), loaded.x, loaded.output_nodes, loaded.device_rows)
 
         steps = range(start, self.steps_per_epoch())
         yield from prefetched(load, steps, depth=self.features.prefetch, workers=self.features.workers)
@@ -237,4 +243,5 @@ def make_batches(
             DatasetStore.open(options.store), graph_arrays(graph_block(data.graph)), sampler, _train_ids(data), options.features,
             normalize=options.normalize, device=options.device,
         )
-    return StoreBatches(data, loader, options.features)
+    staged = options.device is not None and options.device.type == "cuda"
+    return StoreBatches(data, loader, options.features, staged=staged)

@@ -40,7 +40,7 @@ from strata.storage.featstore.sampling import (
     SamplerConfig,
     sample_step,
 )
-from strata.storage.featstore.tiered import TieredFeatures
+from strata.storage.featstore.tiered import DeviceRows, TieredFeatures
 from strata.storage.featstore.writer import default_pack_dir
 from strata.storage.rows import ChunkedRows, normalize_rows
 from strata.storage.store import DatasetStore
@@ -55,6 +55,9 @@ class LoadedStep:
     """(num_input_nodes, F) input features, on the loader's device."""
     output_nodes: np.ndarray
     """Global ids of the last block's destination nodes (the step's seeds)."""
+    device_rows: DeviceRows | None = None
+    """Loaded with ``staged=True`` for a CUDA device: ``x`` is in pinned host memory and these
+    rows, served by the device tier, are still to be placed once it is on the device."""
 
 
 class FeatureLoader(Protocol):
@@ -62,7 +65,7 @@ class FeatureLoader(Protocol):
 
     def steps_per_epoch(self) -> int: ...
 
-    def load(self, epoch: int, step: int) -> LoadedStep: ...
+    def load(self, epoch: int, step: int, *, staged: bool = False) -> LoadedStep: ...
 
     def close(self) -> None: ...
 
@@ -120,7 +123,7 @@ class PackedLoader:
     def steps_per_epoch(self) -> int:
         return self.reader.manifest.steps_per_epoch
 
-    def load(self, epoch: int, step: int) -> LoadedStep:
+    def load(self, epoch: int, step: int, *, staged: bool = False) -> LoadedStep:
         record = self.reader.record(epoch, step)
         ranks, segment = self.reader.segment(epoch, step)
         if len(ranks) == 0:
@@ -131,8 +134,8 @@ class PackedLoader:
                 f"({len(segment)} packed) but the batch has {len(record.input_nodes)}; the pack is corrupt; "
                 "re-run 'strata pack --overwrite'"
             )
-        x = self.tiers.assemble_ranked(record.input_nodes, ranks, segment)
-        return LoadedStep(record.to_blocks(), normalize_rows(x) if self.normalize else x, record.output_nodes)
+        x, device_rows = self.tiers.stage_ranked(record.input_nodes, ranks, segment)
+        return loaded_step(self.tiers, record.to_blocks(), x, device_rows, record.output_nodes, normalize=self.normalize, staged=staged)
 
     def close(self) -> None:
         self.reader.close()
@@ -181,17 +184,30 @@ class CachedLoader:
     def steps_per_epoch(self) -> int:
         return self.plan.steps_per_epoch()
 
-    def load(self, epoch: int, step: int) -> LoadedStep:
+    def load(self, epoch: int, step: int, *, staged: bool = False) -> LoadedStep:
         with self._lock:
             if self._order is None or self._order[0] != epoch:
                 self._order = (epoch, self.plan.order(epoch))
             order = self._order[1]
         sampled = sample_step(self.sampler, self.plan, order, epoch, step)
-        x = self.tiers.assemble(sampled.input_nodes)
-        return LoadedStep(sampled.to_blocks(), normalize_rows(x) if self.normalize else x, sampled.output_nodes)
+        x, device_rows = self.tiers.stage(sampled.input_nodes)
+        return loaded_step(self.tiers, sampled.to_blocks(), x, device_rows, sampled.output_nodes, normalize=self.normalize, staged=staged)
 
     def close(self) -> None:
         pass
+
+
+def loaded_step(tiers: TieredFeatures, blocks: list[object], x: Tensor, device_rows: DeviceRows | None,
+                output_nodes: np.ndarray, *, normalize: bool, staged: bool) -> LoadedStep:
+    """A step whose features are on the loader's device, or, ``staged``, on the host with the
+    device tier's rows apart (for a feed that copies them to the device itself)."""
+    if not staged:
+        x, device_rows = tiers.place(x, device_rows), None
+    if normalize:
+        x = normalize_rows(x)
+        if device_rows is not None:
+            device_rows.normalize = True
+    return LoadedStep(blocks, x, output_nodes, device_rows)
 
 
 PROBE_STEPS = 16

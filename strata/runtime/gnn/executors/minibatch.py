@@ -25,6 +25,7 @@ from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.replicas import all_reduce_gradients, broadcast_parameters
 from strata.runtime.gnn.batches import Batch, BatchSource, FeatureOptions, FullGraphBatches, make_batches
 from strata.runtime.gnn.data import NodeData
+from strata.runtime.gnn.device_feed import DeviceFeed, placed
 from strata.runtime.gnn.executors.base import BuildContext, score_sums, split_scores
 from strata.runtime.gnn.executors.blocks import full_neighbourhood_blocks, graph_block
 from strata.runtime.loop import ExecutorStats, StepOutput
@@ -85,16 +86,20 @@ class DataParallelExecutor:
         """The whole graph on the device, for evaluation and full-graph steps: moved once, so
         kernels derive their structures once."""
         self._whole = whole
+        self.feed = DeviceFeed(torch.device(device))
+        """Sampled batches to the device, each copied while the one before it trains."""
         broadcast_parameters(self.model, comm)
 
     def steps_per_epoch(self) -> int:
         return self.batches.steps_per_epoch()
 
     def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
-        return self.batches.epoch(epoch, start)
+        batches = self.batches.epoch(epoch, start)
+        return batches if isinstance(self.batches, FullGraphBatches) else self.feed(batches)
 
     def forward_backward(self, batch: Batch, scale: float) -> StepOutput:
         self.model.train()
+        batch = placed(batch, self.device)  # a staged batch that came by another way than the feed
         graphs = batch.graphs
         if isinstance(graphs, list):
             graphs = [b.to(self.device) for b in graphs]
@@ -158,6 +163,8 @@ def build(ctx: BuildContext) -> DataParallelExecutor:
     cfg, comm = ctx.train, ctx.comm
     data = ctx.load_data()
     options = FeatureOptions.of_job(ctx.features, ctx.data_cfg, ctx.model.self_loops)
+    if options is not None:
+        options.device = torch.device(ctx.device)  # a GPU's device tier holds the hottest rows
     micro = math.ceil(cfg.batch_size / comm.world_size / cfg.grad_accum)
     rank_cfg = dataclasses.replace(cfg, batch_size=micro)
     batches = make_batches(rank_data(data, comm.rank, comm.world_size, cfg.seed), rank_cfg, ctx.model.num_graph_layers, options)
