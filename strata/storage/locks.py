@@ -98,6 +98,7 @@ class WriterLock:
         else:
             me.expires = time.time() + self.lease_seconds
             _take_lease(self.lock, me, self.url)
+            self._stop = threading.Event()
             self._renewer = threading.Thread(target=self._renew, name=f"lease {self.lock}", daemon=True)
             self._renewer.start()
         self.holder = me

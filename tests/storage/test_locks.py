@@ -57,13 +57,13 @@ def test_a_second_lock_is_refused_naming_the_holder_until_released(tmp_path: Pat
 
 def test_an_object_store_lease_is_refused_while_renewed_and_taken_over_once_expired() -> None:
     url = f"memory://locks-{os.getpid()}-{time.monotonic_ns()}/store"
-    first = WriterLock(url, "strata ingest", lease_seconds=0.6).acquire()
-    time.sleep(0.8)  # longer than the lease: its renewals keep it
+    first = WriterLock(url, "strata ingest", lease_seconds=1.2).acquire()
+    time.sleep(1.5)  # longer than the lease: its renewals keep it
     with pytest.raises(LockHeld, match=f"pid {os.getpid()}"):
-        WriterLock(url, "second", lease_seconds=0.6).acquire()
+        WriterLock(url, "second", lease_seconds=1.2).acquire()
     first._stop.set()  # its holder dies: nobody renews the lease
-    time.sleep(0.8)
-    with WriterLock(url, "second", lease_seconds=0.6) as second:
+    time.sleep(1.5)
+    with WriterLock(url, "second", lease_seconds=1.2) as second:
         assert json.loads(fs.read_text(lock_url(url)))["token"] == second.holder.token
     assert not fs.exists(lock_url(url))
 
