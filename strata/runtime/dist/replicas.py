@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from strata.runtime.dist.comm import Comm
+
 
 def broadcast_parameters(model: nn.Module, comm: Comm, src: int = 0) -> None:
     """Give every rank ``src``'s parameters and buffers, so replicas start identical."""

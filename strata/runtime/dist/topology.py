@@ -20,8 +20,8 @@ single        none of the above: one process
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from strata.errors import StrataError
 
