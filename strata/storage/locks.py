@@ -206,8 +206,13 @@ def _take_lease(url: str, me: Holder, target: str) -> None:
     fsys.makedirs(posixpath.dirname(path), exist_ok=True)
     for _ in range(2):
         try:
-            with fsys.open(path, "xb") as f:  # create only if absent
-                f.write(json.dumps(asdict(me)).encode())
+            try:
+                with fsys.open(path, "xb") as f:  # create only if absent
+                    f.write(json.dumps(asdict(me)).encode())
+            except (ValueError, NotImplementedError):  # a filesystem without it: check, then write
+                if fsys.exists(path):
+                    raise FileExistsError(path) from None
+                fs.write_text(url, json.dumps(asdict(me)))
         except FileExistsError:
             holder = _read_holder(url)
             if holder.expires and holder.expires < time.time():
