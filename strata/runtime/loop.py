@@ -244,7 +244,8 @@ def restore_checkpoint(job: Job, cfg: LoopConfig, comm: Comm) -> LoopState | Non
         return state
     job.resplit(written_by, state)  # type: ignore[attr-defined]
     state.resumed_from = written_by
-    log.warning("resumed step %d, written by %d processes, at %d processes", step, written_by, comm.world_size)
+    if comm.rank == 0:
+        log.warning("resumed step %d, written by %d processes, at %d processes", step, written_by, comm.world_size)
     return state
 
 
