@@ -19,5 +19,5 @@ mkdir -p "$out"
 python="${PYTHON:-python}"
 export DGLBACKEND=pytorch
 # The whole check stops at 8 minutes; each command inside has its own limit (--part-timeout).
-timeout --signal=INT 480 "$python" "$here/gpu_check.py" --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"
+timeout --signal=INT --kill-after=20 480 "$python" "$here/gpu_check.py" --out "$out" "$@" 2>&1 | tee "$out/gpu_check.log"
 exit "${PIPESTATUS[0]}"
