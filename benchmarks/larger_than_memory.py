@@ -106,16 +106,17 @@ def paths(args: argparse.Namespace) -> dict[str, Path]:
 def budgets(args: argparse.Namespace, nodes: int, edges: int) -> dict[str, int]:
     """Peak RSS each step is held to, in bytes: a fixed base (interpreter, numpy, zarr, torch and
     DGL where the step imports them) plus what grows with the graph, fitted to peaks measured at
-    16k, 128k and 1.28M nodes (mean in-degree 8) with headroom. What dominates at full size:
+    16k, 128k, 1.28M and 6.4M nodes (mean in-degree 8) with headroom. What dominates at full size:
 
     * ingest: per-node arrays (labels, the class order, the R-MAT ranking, the split
       permutation: 40 B a node) and one generation block (up to 65,536 nodes' features and
       edges through zarr's encoder, ~320 MiB when full); edges and features are written block by block.
     * partition: the build holds the CSC (8 B an edge) and, part by part, the in-edges of the
       part's owned and halo nodes while it cuts the induced subgraph (with random ids the halo
-      is most of the graph, so ~36 B an edge more); the streaming assignment itself is O(N).
-    * pack: the CSC the sampler walks (8 B an edge + 8 B a node) with the sampler's per-edge
-      scratch, the access counts (8 B a node), the host-cache budget and one group's rows (the
+      is most of the graph); measured 33 B an edge from 1.28M to 6.4M nodes; the streaming
+      assignment itself is O(N).
+    * pack: the CSC the sampler walks (8 B an edge + 8 B a node; measured ~8 B an edge from
+      1.28M to 6.4M nodes), the access counts (8 B a node), the host-cache budget and one group's rows (the
       union of 32 steps' inputs and a segment being written: up to 1.25 x 32 batches), and
       a read of the feature array (zarr holds compressed and decoded chunks: 3 x 32 MiB).
     * train: the CSC in strata's arrays and DGL's graph, and the full-graph evaluation after
@@ -135,8 +136,8 @@ def budgets(args: argparse.Namespace, nodes: int, edges: int) -> dict[str, int]:
     group_rows = min(nodes, min(32, steps) * args.batch_size * int(np.prod([1 + f for f in fanouts])))
     return {
         "ingest": base + 40 * nodes + (320 << 20) * min(nodes, 65_536) // 65_536,
-        "partition": base + 32 * nodes + 44 * edges,
-        "pack": base + 40 * nodes + 16 * edges + host + group_rows * args.feat_dim * 5 + reads,
+        "partition": base + 32 * nodes + 36 * edges,
+        "pack": base + 24 * nodes + 10 * edges + host + group_rows * args.feat_dim * 5 + reads,
         "train": base + host + reads + 24 * (nodes + edges) + nodes * (4 * args.feat_dim + 16 * args.hidden * layers),
     }
 
