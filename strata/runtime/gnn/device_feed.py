@@ -188,11 +188,15 @@ def pinned(batch: Batch) -> Batch:
     def pin(t: Tensor) -> Tensor:
         return t if t.device.type != "cpu" or t.is_pinned() else t.pin_memory()
 
+    def pin_block(b: Block) -> Block:
+        return b if b.device.type != "cpu" else b.pin_memory()
+
     graphs = batch.graphs
-    graphs = [b.pin_memory() for b in graphs] if isinstance(graphs, list) else graphs.pin_memory()
+    graphs = [pin_block(b) for b in graphs] if isinstance(graphs, list) else pin_block(graphs)
     rows = batch.device_rows
     if rows is not None:
-        rows = dataclasses.replace(rows, positions=pin(rows.positions), slots=pin(rows.slots))
+        rows = dataclasses.replace(rows, positions=pin(rows.positions), slots=pin(rows.slots),
+                                   host_positions=pin(rows.host_positions))
     return dataclasses.replace(batch, graphs=graphs, x=pin(batch.x), seeds=pin(batch.seeds), y=pin(batch.y), device_rows=rows)
 
 

@@ -7,10 +7,10 @@ non-hot inputs, each input's hot rank recorded beside them); the caches and the 
 serve the rest.
 
 For a CUDA device, :meth:`stage` and :meth:`stage_ranked` build the rows below the device tier
-in pinned host memory and return the device tier's rows apart (:class:`DeviceRows`): whoever
-copies the batch to the device places them there (strata.runtime.gnn.device_feed), so hot rows
-are never copied host to device and the copy can overlap compute. :meth:`assemble` does both
-in one go.
+in pinned host memory, compact, and say apart how the device tier's rows join them
+(:class:`DeviceRows`): whoever copies the batch to the device places them there
+(strata.runtime.gnn.device_feed), so hot rows are never copied host to device and the copy can
+overlap compute. :meth:`assemble` does both in one go.
 """
 
 from __future__ import annotations
@@ -28,22 +28,31 @@ from strata.storage.rows import ChunkedRows, normalize_rows
 
 @dataclass
 class DeviceRows:
-    """The rows of a batch that the device tier serves: ``x[positions] = rows[slots]`` on the device."""
+    """How a staged batch's features come together on the device: the host rows, copied there
+    compact, go to ``host_positions``; the device tier's rows ``rows[slots]`` to ``positions``.
+    The hot rows are never copied host to device."""
 
     positions: Tensor
-    """(k,) int64 rows of the batch's features."""
+    """(k,) int64 rows of the batch's features that the device tier serves."""
     slots: Tensor
-    """(k,) int64 rows of :attr:`rows`."""
+    """(k,) int64 their rows in :attr:`rows`."""
     rows: Tensor
     """The device cache's rows, resident on the GPU."""
+    host_positions: Tensor
+    """(num_rows - k,) int64 rows of the batch's features that the host rows fill, in order."""
+    num_rows: int
+    """Rows of the batch's features."""
     normalize: bool = False
-    """Whether the placed rows are to be row-normalised (``data.normalize_features``)."""
+    """Whether the device tier's rows are to be row-normalised (``data.normalize_features``;
+    the host rows were, on the host)."""
 
-    def place(self, x: Tensor) -> Tensor:
-        """``x`` (on the device) with these rows placed in it."""
-        if len(self.positions):
-            served = self.rows.index_select(0, self.slots.to(x.device, non_blocking=True))
-            x.index_copy_(0, self.positions.to(x.device, non_blocking=True), normalize_rows(served) if self.normalize else served)
+    def place(self, host: Tensor) -> Tensor:
+        """The batch's (num_rows, F) features on the device, from its host rows already there."""
+        device = host.device
+        x = torch.empty((self.num_rows, host.shape[1]), dtype=host.dtype, device=device)
+        x.index_copy_(0, self.host_positions.to(device, non_blocking=True), host)
+        served = self.rows.index_select(0, self.slots.to(device, non_blocking=True))  # (k, F)
+        x.index_copy_(0, self.positions.to(device, non_blocking=True), normalize_rows(served) if self.normalize else served)
         return x
 
 
@@ -81,13 +90,18 @@ class TieredFeatures:
         return self.place(*self.stage_ranked(nodes, ranks, packed))
 
     def stage(self, nodes: np.ndarray) -> tuple[Tensor, DeviceRows | None]:
-        """:meth:`assemble` in two parts: the rows below the device tier in host memory (pinned
-        for a CUDA device), and the device tier's rows (None when it served none)."""
+        """:meth:`assemble` in two parts: the rows the device tier does not serve, in order, in
+        host memory (pinned for a CUDA device), and how the device tier's rows join them (None
+        when it served none: the host rows are then the whole batch)."""
         n = len(nodes)
-        x = self._host_rows(n)
-        rest = np.arange(n, dtype=np.int64)
-        rest, on_device = self._from_cache("device", self.device_cache, nodes, rest, x)
-        rest, _ = self._from_cache("host", self.host_cache, nodes, rest, x)
+        t0 = time.perf_counter()
+        pos, slot = self.device_cache.lookup(nodes)
+        keep, on_device = self._split(pos, slot, n)
+        if len(self.device_cache) and n:
+            self.counters.add("device", len(pos), len(pos) * self.row_bytes, time.perf_counter() - t0)
+        nodes = nodes if keep is None else nodes[keep]
+        x = self._host_rows(len(nodes))
+        rest = self._from_cache("host", self.host_cache, nodes, np.arange(len(nodes), dtype=np.int64), x)
         if len(rest):
             t0 = time.perf_counter()
             rows, nbytes = self.fallback.gather(nodes[rest])
@@ -98,9 +112,16 @@ class TieredFeatures:
 
     def stage_ranked(self, nodes: np.ndarray, ranks: np.ndarray, packed: np.ndarray) -> tuple[Tensor, DeviceRows | None]:
         """:meth:`assemble_ranked` in the two parts of :meth:`stage`."""
-        x = self._host_rows(len(nodes))
+        n = len(nodes)
         on_device, on_host = len(self.device_cache), len(self.host_cache)
-        device_rows = self._from_ranks("device", self.device_cache, ranks, 0, on_device, x)
+        t0 = time.perf_counter()
+        pos = np.flatnonzero((ranks >= 0) & (ranks < on_device)) if on_device else np.empty(0, dtype=np.int64)
+        keep, device_rows = self._split(pos, ranks[pos].astype(np.int64), n)
+        if on_device:
+            self.counters.add("device", len(pos), len(pos) * self.row_bytes, time.perf_counter() - t0)
+        if keep is not None:  # the packed (-1) rows keep their order
+            nodes, ranks = nodes[keep], ranks[keep]
+        x = self._host_rows(len(nodes))
         self._from_ranks("host", self.host_cache, ranks, on_device, on_device + on_host, x)
         put_rows(x, np.flatnonzero(ranks < 0), packed)
         far = np.flatnonzero(ranks >= on_device + on_host)
@@ -109,51 +130,49 @@ class TieredFeatures:
             rows, nbytes = self.fallback.gather(nodes[far])
             put_rows(x, far, rows)
             self.counters.add("zarr", len(far), nbytes, time.perf_counter() - t0)
-        self.counters.add_other(needed=len(nodes) * self.row_bytes, batches=1)
+        self.counters.add_other(needed=n * self.row_bytes, batches=1)
         return x, device_rows
 
-    def _host_rows(self, n: int) -> Tensor:
-        pin = self.device.type == "cuda"
-        return torch.empty((n, self.fallback.dim), dtype=self.dtype, pin_memory=pin)
-
     def place(self, host: Tensor, device_rows: DeviceRows | None) -> Tensor:
-        """The staged rows ``host`` on the device, the device tier's rows placed in them."""
-        if self.device.type == "cpu":
+        """The staged rows ``host`` on the device, the device tier's rows placed among them."""
+        if device_rows is None and self.device.type == "cpu":
             return host
         x = host.to(self.device, non_blocking=True)
         return x if device_rows is None else device_rows.place(x)
 
-    def _from_ranks(self, tier: str, cache: NodeCache, ranks: np.ndarray, lo: int, hi: int, x: Tensor) -> DeviceRows | None:
+    def _host_rows(self, n: int) -> Tensor:
+        return torch.empty((n, self.fallback.dim), dtype=self.dtype, pin_memory=self.device.type == "cuda")
+
+    def _split(self, pos: np.ndarray, slots: np.ndarray, n: int) -> tuple[np.ndarray | None, DeviceRows | None]:
+        """(positions the host serves, the device tier's rows) of a batch of ``n`` rows whose
+        positions ``pos`` the device tier serves; (None, None) when it serves none."""
+        if len(pos) == 0:
+            return None, None
+        host = np.ones(n, dtype=bool)
+        host[pos] = False
+        keep = np.flatnonzero(host)
+        return keep, DeviceRows(torch.from_numpy(pos.astype(np.int64)), torch.from_numpy(slots.astype(np.int64)),
+                                self.device_cache.rows, torch.from_numpy(keep), n)
+
+    def _from_ranks(self, tier: str, cache: NodeCache, ranks: np.ndarray, lo: int, hi: int, x: Tensor) -> None:
         if hi <= lo:
-            return None
+            return
         t0 = time.perf_counter()
         pos = np.flatnonzero((ranks >= lo) & (ranks < hi))
-        slots = ranks[pos].astype(np.int64) - lo
-        staged = self._on_device(cache, pos, slots)
-        if staged is None and len(pos):
-            put_rows(x, pos, cache.rows, slots)
+        if len(pos):
+            put_rows(x, pos, cache.rows, ranks[pos].astype(np.int64) - lo)
         self.counters.add(tier, len(pos), len(pos) * self.row_bytes, time.perf_counter() - t0)
-        return staged
 
-    def _from_cache(self, tier: str, cache: NodeCache, nodes: np.ndarray, rest: np.ndarray,
-                    x: Tensor) -> tuple[np.ndarray, DeviceRows | None]:
-        """Fill the rows ``cache`` holds among positions ``rest`` (a GPU cache's rows are returned
-        to be placed on the device); the positions still unserved."""
+    def _from_cache(self, tier: str, cache: NodeCache, nodes: np.ndarray, rest: np.ndarray, x: Tensor) -> np.ndarray:
+        """Fill the rows ``cache`` holds among positions ``rest``; the positions still unserved."""
         if len(cache) == 0 or len(rest) == 0:
-            return rest, None
+            return rest
         t0 = time.perf_counter()
         pos, slot = cache.lookup(nodes[rest])
-        staged = self._on_device(cache, rest[pos], slot)
-        if staged is None and len(pos):
+        if len(pos):
             put_rows(x, rest[pos], cache.rows, slot)
         self.counters.add(tier, len(pos), len(pos) * self.row_bytes, time.perf_counter() - t0)
-        return np.delete(rest, pos), staged
-
-    @staticmethod
-    def _on_device(cache: NodeCache, positions: np.ndarray, slots: np.ndarray) -> DeviceRows | None:
-        if cache.rows.device.type == "cpu" or len(positions) == 0:
-            return None
-        return DeviceRows(torch.from_numpy(positions.astype(np.int64)), torch.from_numpy(slots.astype(np.int64)), cache.rows)
+        return np.delete(rest, pos)
 
 
 def put_rows(x: Tensor, positions: np.ndarray, rows: np.ndarray | Tensor, slots: np.ndarray | None = None) -> None:

@@ -20,9 +20,12 @@ from strata.runtime.gnn.data import load_node_data
 from strata.runtime.gnn.device_feed import DeviceFeed, placed
 from strata.runtime.gnn.executors.minibatch import DataParallelExecutor
 from strata.runtime.gnn.trainer import train_node_classifier
+from strata.storage.featstore.caches import FeatureCounters, NodeCache
 from strata.storage.featstore.config import FeaturesConfig
-from strata.storage.featstore.tiered import DeviceRows
+from strata.storage.featstore.tiered import DeviceRows, TieredFeatures
 from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
+from strata.storage.rows import ChunkedRows
+from strata.storage.store import DatasetStore
 
 CFG = TrainConfig(mode="minibatch", executor="minibatch", fanouts=[4, 3], batch_size=64, epochs=2, seed=3)
 
@@ -68,23 +71,51 @@ def test_cpu_feed_yields_the_plain_path_batches(syn_store: str, mode: str) -> No
 
 
 def test_a_staged_batch_is_completed_before_use() -> None:
-    """Rows the device tier serves are left out of the host features and placed on the device;
-    on the CPU the placing arithmetic is the same, so it is checked here against the full rows."""
+    """The host rows of a staged batch are those the device tier does not serve, compact; on
+    the device they and the device tier's rows are placed. The placing arithmetic is the same on
+    the CPU, so it is checked here against the full rows."""
     full = torch.rand(6, 4) + 0.1  # non-negative rows, as row normalisation assumes
-    host = full.clone()
-    host[[1, 4]] = float("nan")  # what the host part leaves unfilled
     cache = torch.rand(3, 4)
     cache[2], cache[0] = full[1], full[4]
-    rows = DeviceRows(torch.tensor([1, 4]), torch.tensor([2, 0]), cache)
+    host_positions = torch.tensor([0, 2, 3, 5])
+    rows = DeviceRows(torch.tensor([1, 4]), torch.tensor([2, 0]), cache, host_positions, 6)
     block = Block.from_csc(torch.tensor([0, 1, 2]), torch.tensor([2, 3]), num_src=6)
-    batch = Batch([block], host, torch.arange(2), torch.tensor([0, 1]), rows)
+    batch = Batch([block], full[host_positions], torch.arange(2), torch.tensor([0, 1]), rows)
     done = placed(batch, "cpu")
     assert done.device_rows is None and torch.equal(done.x, full)
-    normalized = placed(Batch([block], host.clone(), batch.seeds, batch.y,
-                              DeviceRows(rows.positions, rows.slots, cache, normalize=True)), "cpu")
+    normalized_rows = DeviceRows(rows.positions, rows.slots, cache, host_positions, 6, normalize=True)
+    normalized = placed(Batch([block], full[host_positions], batch.seeds, batch.y, normalized_rows), "cpu")
     assert torch.allclose(normalized.x[[1, 4]], full[[1, 4]] / full[[1, 4]].sum(1, keepdim=True))
+    assert torch.equal(normalized.x[host_positions], full[host_positions])
     plain = Batch([block], full, batch.seeds, batch.y)
     assert placed(plain, "cpu") is plain
+
+
+def test_staged_rows_leave_the_device_tier_out_and_place_it_back(syn_store: str) -> None:
+    """The tiered store's staging with a device tier (a CPU stand-in here: the arithmetic is the
+    device's): the host part holds only the other rows, compact and in order, and placing the
+    device tier's rows gives the store's rows, for lookups by id and for a packed step's ranks."""
+    store = DatasetStore.open(syn_store)
+    feat = store.features()
+    rng = np.random.default_rng(0)
+    hot = rng.permutation(len(feat))[:900].astype(np.int64)  # hottest first: 300 "device", 600 host
+    table = torch.from_numpy(feat[hot])
+    cpu = torch.device("cpu")
+    tiers = TieredFeatures(ChunkedRows(store), FeatureCounters(), device_cache=NodeCache(hot[:300], table[:300], 32, cpu),
+                           host_cache=NodeCache(hot[300:], table[300:], 32, cpu), device=cpu)
+    nodes = rng.choice(len(feat), 400, replace=False).astype(np.int64)
+    host, rows = tiers.stage(nodes)
+    on_device = np.isin(nodes, hot[:300])
+    assert rows is not None and len(rows.positions) == on_device.sum() > 0 and len(host) == (~on_device).sum()
+    assert torch.equal(host, torch.from_numpy(feat[nodes[~on_device]]))
+    assert torch.equal(tiers.assemble(nodes), torch.from_numpy(feat[nodes]))
+    rank_of = dict(zip(hot.tolist(), range(len(hot))))
+    ranks = np.array([rank_of.get(v, -1) if v % 3 else -1 for v in nodes.tolist()], dtype=np.int32)  # some hot ones packed
+    packed = feat[nodes[ranks < 0]]
+    host, rows = tiers.stage_ranked(nodes, ranks, packed)
+    assert rows is not None and len(host) == int(((ranks < 0) | (ranks >= 300)).sum())
+    assert torch.equal(tiers.assemble_ranked(nodes, ranks, packed), torch.from_numpy(feat[nodes]))
+    assert tiers.counters.cache_hits()["device"] == 2 * on_device.sum() + 2 * int(((ranks >= 0) & (ranks < 300)).sum())
 
 
 def test_minibatch_trainer_ends_at_the_plain_path_loss(syn_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
