@@ -40,7 +40,7 @@ class FeedStats:
     device_rows: int = 0
     """Feature rows taken from the device tier instead of being copied."""
     copy_seconds: float = 0.0
-    """GPU time of the copies on the side stream."""
+    """GPU time of the copies on the side stream (placing the device tier's rows included)."""
     wait_seconds: float = 0.0
     """GPU time the training stream waited for a copy to finish."""
 
