@@ -2,7 +2,7 @@
 training slower?
 
 Cases: Cora GCN, GAT and GCNII (the configs in examples/, full graph, ``--cora-epochs`` epochs,
-early stopping off) and one epoch of minibatch GraphSAGE (fanouts 10,10, batch 1024) on a
+early stopping off) and ``--minibatch-epochs`` epochs of minibatch GraphSAGE (fanouts 10,10, batch 1024) on a
 synthetic block-model graph of ``--nodes`` nodes (200k by default, mean in-degree 10, 64
 features). Each revision is checked out with ``git worktree add --detach`` into a temporary
 folder (the working tree itself where ``--head`` is empty), and both run under this Python
@@ -55,7 +55,7 @@ model:
   dropout: 0.5
 train:
   mode: minibatch
-  epochs: 1
+  epochs: {epochs}
   batch_size: 1024
   fanouts: [10, 10]
   lr: 0.003
@@ -74,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated: cora_gcn, cora_gat, cora_gcnii, minibatch")
     p.add_argument("--nodes", type=int, default=200_000, help="nodes of the minibatch case's synthetic graph")
     p.add_argument("--cora-epochs", type=int, default=50, help="epochs of each Cora run")
+    p.add_argument("--minibatch-epochs", type=int, default=1, help="epochs of each minibatch run")
     p.add_argument("--repeats", type=int, default=3, help="rounds of base, head runs")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS and torch threads of each run")
     p.add_argument("--timeout", type=float, default=1800, help="seconds one training run may take")
@@ -130,7 +131,7 @@ def _train(args: argparse.Namespace, tree: Path, case: str, stores: dict[str, st
     where = ["--set", f"run_dir={run_dir}"]
     if case == "minibatch":
         config = run_dir.parent / f"{case}.yaml"
-        config.write_text(MINIBATCH_CONFIG.format(store=stores["synthetic"]))
+        config.write_text(MINIBATCH_CONFIG.format(store=stores["synthetic"], epochs=args.minibatch_epochs))
         argv = ["train", str(config), *where]
     else:
         argv = ["train", str(tree / "examples" / CORA_CASES[case]), *where, "--set", f"data.store={stores['cora']}",
