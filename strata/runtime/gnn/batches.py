@@ -25,7 +25,7 @@ from strata.errors import ConfigError
 from strata.graph.block import Block
 from strata.runtime.config import DataConfig
 from strata.runtime.gnn.data import NodeData
-from strata.runtime.gnn.executors.blocks import graph_arrays, graph_block
+from strata.runtime.gnn.executors.blocks import as_blocks, graph_arrays, graph_block
 from strata.storage.featstore.caches import FeatureCounters
 from strata.storage.featstore.config import FeaturesConfig
 from strata.storage.featstore.sampling import (  # noqa: F401  (SHUFFLE, SAMPLE re-exported)
@@ -110,11 +110,6 @@ def sampled_blocks(sampled: SampledBatch) -> list[Block]:
                        dst_ids=ids[: layer.num_dst], check=False)
         for layer in sampled.layers
     ]
-
-
-def as_blocks(blocks: list[object]) -> list[Block]:
-    """A loader's sampled blocks as Blocks: DGL blocks (today's feature loaders) converted at this edge."""
-    return [block if isinstance(block, Block) else Block.from_dgl(block) for block in blocks]
 
 
 class SampledBatches:

@@ -2,7 +2,8 @@
 pipeline chunk with the global degrees, and the full L-hop neighbourhood of some seeds.
 
 Everything here is CSC arithmetic (numpy and torch); no DGL type leaves this module. A data
-set's graph that arrives as a DGLGraph (an older loader) is converted once, at this edge.
+set's graph or a loader's sampled blocks that arrive as DGL objects are converted here, the one
+place the executors meet them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ def graph_block(graph: object) -> Block:
     """``NodeData.graph`` as a Block: itself where it is one, else a DGLGraph's in-edges
     converted (build it once per executor: kernels cache what they derive on the Block)."""
     return graph if isinstance(graph, Block) else Block.from_dgl(graph)
+
+
+def as_blocks(blocks: list[object]) -> list[Block]:
+    """Sampled blocks as Blocks: DGL blocks (from a feature loader that still makes them) converted."""
+    return [block if isinstance(block, Block) else Block.from_dgl(block) for block in blocks]
 
 
 def graph_arrays(block: Block) -> tuple[np.ndarray, np.ndarray]:
