@@ -218,8 +218,9 @@ number of processes (a stored partition of M parts to resume at M), not what is 
 
 def resume_identity(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig) -> dict[str, Any]:
     """What must stay the same for a run to resume another's checkpoints."""
-    free = RUN_LENGTH_KEYS + (RECUT_KEYS if cfg.executor == "graph_parallel" else ())
-    train = {key: value for key, value in asdict(cfg).items() if key not in free}
+    train = {key: value for key, value in asdict(cfg).items() if key not in RUN_LENGTH_KEYS}
+    if cfg.executor == "graph_parallel":  # any cut goes; kept (blank) so that earlier runs' RUN.json still match
+        train.update(dict.fromkeys(RECUT_KEYS, ""))
     return {"data": asdict(data_cfg), "model": asdict(model_cfg), "train": train}
 
 
