@@ -48,9 +48,9 @@ class SampleConfig:
     """Expert sets: 'top1' (each sample to the expert the router ranks first), 'top2' (the two it
     ranks highest, by their renormalised probabilities) or 'weighted' (all, by the router's
     probabilities); see :mod:`strata.runtime.diffusion.expert_mixture`."""
-    guidance_routing: str = "per_expert"
-    """Expert sets with guidance: 'per_expert' (both passes of a sample go to the experts chosen
-    for its class) or 'per_pass' (the unconditional pass routed on its own)."""
+    guidance_routing: str = "per_pass"
+    """Expert sets with guidance: 'per_pass' (the unconditional pass routed on its own) or
+    'per_expert' (both passes of a sample go to the experts chosen for its class)."""
     seed: int = 0
     """Seed of the initial noise (and of DDPM's noise)."""
 
@@ -133,7 +133,7 @@ def find_source(path: str) -> tuple[str, str]:
 
 def open_source(
     path: str, *, mixture: str = "top1", device: str = "cpu", image_shape: tuple[int, int, int] | None = None,
-    model_cfg: DiffusionModelConfig | None = None, noise_cfg: NoiseConfig | None = None, guidance_routing: str = "per_expert",
+    model_cfg: DiffusionModelConfig | None = None, noise_cfg: NoiseConfig | None = None, guidance_routing: str = "per_pass",
 ) -> Source:
     """Load what ``path`` names; ``image_shape`` (of a quality store, say) must match it.
     ``model_cfg``/``noise_cfg`` serve checkpoints that do not record their configs."""
