@@ -4,10 +4,12 @@ isolation on one cluster, and a router trained on the whole set picks experts wh
 
 A job (``diffusion.executor: experts``) does, in order:
 
-1. **Clusters.** k-means on pixels (the partitioners' :func:`cluster_store`), seeded, so
+1. **Clusters** (:mod:`strata.runtime.diffusion.expert_clusters`): k-means on pixels, or
+   balanced k-means on a contrastive encoder's features (the encoder trained on the store in
+   this job, kept in ``encoder.pt``) or on labels (``experts.cluster_features``), seeded, so
    separate jobs would compute the same clustering; but it is computed once per set and kept
    in ``clusters.npz``, written atomically, and every later job reads it and checks that it
-   was made for this k, seed and store.
+   was made for this k, seed, features and store, with the encoder the manifest records.
 2. **Router** (when this job trains it): a small classifier of the cluster of x0 from
    (x_t, t), trained on the whole set with the diffusion noising, data parallel over every
    rank of the job, checkpointed under ``router/``.
