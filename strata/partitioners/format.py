@@ -133,7 +133,7 @@ class PartitionWriter(StagedDir):
     """Writes a partition into a hidden sibling and moves it into place on ``commit``."""
 
     def __init__(self, store: DatasetStore, info: PartitionInfo, overwrite: bool) -> None:
-        super().__init__(partition_url(store.url, info.name))
+        super().__init__(partition_url(store.url, info.name), lock="strata partition")
         check_free(store.url, info.name, overwrite)
         self.info = info
         fs.makedirs(self.tmp)

@@ -35,6 +35,7 @@ from strata.storage.featstore.sampling import (
     SamplerConfig,
     sample_step,
 )
+from strata.storage.locks import writer_lock
 from strata.storage.markers import read_marker
 from strata.storage.rows import ChunkedRows
 from strata.storage.sorted_unique import sorted_unique
@@ -116,6 +117,12 @@ class Packer:
     # -- driver ----------------------------------------------------------------------------
 
     def run(self) -> PackResult:
+        """Pack, or finish an interrupted pack; one packer per pack at a time (a second one is
+        refused, naming the first)."""
+        with writer_lock(self.url, "strata pack"):
+            return self._run()
+
+    def _run(self) -> PackResult:
         self._start()
         done = read_marker(fs.join(self.url, fmt.PACK_MARKER))
         if done is not None:
