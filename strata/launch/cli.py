@@ -109,6 +109,17 @@ def report_error(message: str, rank: int, env: Mapping[str, str]) -> None:
         log.debug("error on rank %d: %s", rank, message)
 
 
+def describe_os_error(exc: OSError) -> str:
+    """What the file system or network refused, said as a user needs it (the traceback is
+    ``--verbose``'s): the operation's path, its reason, and what to check."""
+    where = f" '{exc.filename}'" if exc.filename else ""
+    reason = exc.strerror or str(exc)
+    return (
+        f"{reason}:{where or ' ' + str(exc)}. Check that the location exists, is writable by this user and has "
+        "space left (run with --verbose for the traceback)"
+    )
+
+
 def _one_of_several(env: Mapping[str, str]) -> bool:
     """Whether this process is one of a job of several (a launcher's WORLD_SIZE or SLURM_NTASKS > 1)."""
     size = env.get("WORLD_SIZE") or env.get("SLURM_NTASKS") or "1"
@@ -159,6 +170,11 @@ def _run(argv: Sequence[str] | None) -> int:
         return Preempted.exit_code
     except StrataError as exc:
         report_error(str(exc), rank, os.environ)
+        return 2
+    except OSError as exc:
+        if args.verbose:
+            raise
+        report_error(describe_os_error(exc), rank, os.environ)
         return 2
     except KeyboardInterrupt:
         if rank == 0:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import socket
 import time
 from typing import Any
@@ -20,6 +21,8 @@ from prometheus_client.exposition import push_to_gateway, start_http_server
 from strata.errors import StrataError
 from strata.runtime.config import MetricsConfig
 from strata.storage import fs
+
+log = logging.getLogger(__name__)
 
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
@@ -106,13 +109,16 @@ class TrainingMetrics:
             handle.write(json.dumps(record) + "\n")
 
     def push(self) -> None:
-        """Push the final values to the configured Pushgateway."""
-        if self.cfg.pushgateway:
-            push_to_gateway(
-                self.cfg.pushgateway,
-                job=self.cfg.job,
-                registry=self.registry,
-                grouping_key={"rank": str(self.rank)},
+        """Push the final values to the configured Pushgateway. An unreachable or refusing
+        gateway is a warning: the training is done and its results are already written."""
+        if not self.cfg.pushgateway:
+            return
+        try:
+            push_to_gateway(self.cfg.pushgateway, job=self.cfg.job, registry=self.registry, grouping_key={"rank": str(self.rank)})
+        except OSError as exc:  # URLError and HTTPError are OSErrors
+            log.warning(
+                "rank %d could not push its final metrics to the Pushgateway at %s (%s); the run's results are "
+                "unaffected and its metrics log has them", self.rank, self.cfg.pushgateway, getattr(exc, "reason", exc),
             )
 
     def close(self) -> None:

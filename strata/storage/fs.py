@@ -14,10 +14,24 @@ from typing import Any
 import fsspec
 from fsspec import AbstractFileSystem
 
+from strata.errors import StoreError
+
 
 def get_fs(url: str) -> tuple[AbstractFileSystem, str]:
-    """The filesystem and the filesystem-native path of ``url``."""
-    fs, path = fsspec.core.url_to_fs(str(url))
+    """The filesystem and the filesystem-native path of ``url``; a URL whose protocol fsspec
+    does not know, or whose filesystem package is not installed, is a StoreError naming it."""
+    try:
+        fs, path = fsspec.core.url_to_fs(str(url))
+    except ValueError as exc:
+        if "protocol not known" not in str(exc).lower():
+            raise
+        protocol = str(url).split("://", 1)[0]
+        raise StoreError(
+            f"'{url}': fsspec knows no protocol '{protocol}'. Use a plain path, file://, memory://, or the URL of a "
+            "filesystem whose fsspec package is installed (s3:// needs s3fs, gs:// gcsfs, az:// adlfs)"
+        ) from exc
+    except ImportError as exc:
+        raise StoreError(f"'{url}' needs a filesystem package that is not installed: {exc}") from exc
     return fs, path
 
 
