@@ -24,6 +24,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Self
 
@@ -146,6 +148,66 @@ class WriterLock:
             self.release()
         except Exception:  # noqa: BLE001 - interpreter teardown; the kernel drops the flock anyway
             pass
+
+
+def readers_url(url: str) -> str:
+    """Where the readers of ``url`` register: the hidden sibling ``.NAME.readers``."""
+    head, name = posixpath.split(str(url).rstrip("/"))
+    return posixpath.join(head, f".{name}.readers") if head else f".{name}.readers"
+
+
+class ReaderLock:
+    """A shared lock held by a job that reads ``url`` for its whole run (a training): an
+    overwrite of ``url`` is refused while any is held (:func:`refuse_if_read`), instead of
+    pulling the store from under the job. Local paths only; on object stores nothing is held
+    (their readers are not known). The ``.NAME.readers`` file stays beside the store."""
+
+    def __init__(self, url: str) -> None:
+        self.url = str(url).rstrip("/")
+        self._fd: int | None = None
+
+    def acquire(self) -> Self:
+        path = fs.local_path(readers_url(self.url))
+        if path is None or self._fd is not None or not os.path.isdir(os.path.dirname(path) or "."):
+            return self
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)  # waits out an overwrite's swap, which is short
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Self:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+@contextmanager
+def refuse_if_read(url: str) -> Iterator[None]:
+    """Hold off new readers of ``url`` in the block, or refuse at once if a job reads it now."""
+    path = fs.local_path(readers_url(url))
+    if path is None or not os.path.exists(path):
+        yield
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise StoreError(
+                f"'{url}' is being read by a running training; replacing it now would pull the store from under it. "
+                "Wait for the training to end, or write the new store to another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def writer_lock(url: str, what: str) -> WriterLock:

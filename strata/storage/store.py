@@ -21,7 +21,7 @@ import numpy as np
 import zarr
 
 from strata.errors import StoreError
-from strata.storage import fs, layout, verify
+from strata.storage import fs, layout, locks, verify
 from strata.storage.markers import StagedDir, marker_fields, marker_json, read_marker, seal
 
 log = logging.getLogger(__name__)
@@ -127,6 +127,13 @@ class DatasetWriter(StagedDir):
         if fs.exists(self.url) and not overwrite:
             self.abort()
             raise StoreError(f"'{self.url}' already exists; pass --overwrite to replace it")
+        if overwrite:
+            try:
+                with locks.refuse_if_read(self.url):
+                    pass  # refused before the work rather than at the end
+            except StoreError:
+                self.abort()
+                raise
         self.meta = DatasetMeta(name=name, num_nodes=int(num_nodes), source=source)
         self.allow_nan = allow_nan
         self.group = zarr.open_group(fs.zarr_store(self.tmp, "w"), mode="w")
@@ -217,7 +224,8 @@ class DatasetWriter(StagedDir):
             self.group.attrs["strata"] = json.loads(meta.to_json())
             staged = DatasetStore(self.tmp, meta, zarr.open_group(fs.zarr_store(self.tmp, "r"), mode="r"))
             verify.check_content(staged, verify.check_structure(self.tmp, meta, staged.group))
-            seal(self.tmp, self.url, layout.MARKER, meta.to_json())
+            with locks.refuse_if_read(self.url):
+                seal(self.tmp, self.url, layout.MARKER, meta.to_json())
             return meta
 
     def _validate_shapes(self) -> None:

@@ -117,10 +117,12 @@ def _run_job(job, topology, args: argparse.Namespace) -> int:
     from strata.launch.progress import show_progress
     from strata.runtime.dist.process_group import process_group
     from strata.runtime.gnn.trainer import train_node_classifier
+    from strata.storage.locks import ReaderLock
 
     if job.task == "diffusion":
         return _run_diffusion(job, topology, args)
-    with process_group(topology, timeout_seconds=job.distributed.timeout_seconds):
+    # Registered as a reader of its store for the whole run: `ingest --overwrite` of it is refused meanwhile.
+    with ReaderLock(job.data.store), process_group(topology, timeout_seconds=job.distributed.timeout_seconds):
         result = train_node_classifier(
             job.data, job.model, job.train, job.checkpoint, job.metrics,
             run_dir=job.run_dir, resume=args.resume, progress=show_progress(args), topology=topology,
