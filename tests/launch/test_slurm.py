@@ -27,10 +27,13 @@ def _directives(script: str) -> dict[str, str]:
 
 
 def _command(script: str, **shell: str) -> list[str]:
-    """The last command of the script as argv, with the given shell variables substituted."""
+    """The job step (the srun command, run in the background) as argv, with the given shell
+    variables substituted."""
     text = script.rstrip().split("\n")
     start = max(i for i, line in enumerate(text) if line.startswith("srun "))
-    command = " ".join(line.rstrip("\\").strip() for line in text[start:])
+    end = next(i for i in range(start, len(text)) if not text[i].endswith("\\"))
+    assert text[end].endswith(" &"), "the step runs in the background, so the shell can take SIGUSR1"
+    command = " ".join(line.rstrip("\\").strip() for line in text[start:end + 1]).removesuffix(" &")
     for name, value in shell.items():
         command = command.replace("${" + name + "}", value)
     return shlex.split(command)
@@ -50,7 +53,7 @@ def test_torchrun_mode_runs_one_torchrun_per_node_with_c10d_on_the_first_node(tm
     assert _directives(script) == {
         "--job-name": "big", "--nodes": "4", "--ntasks-per-node": "1", "--gpus-per-node": "8", "--cpus-per-task": "32",
         "--partition": "gpu", "--time": "2-00:00:00", "--chdir": "/srv/jobs", "--output": "runs/big/slurm-%j.out",
-        "--open-mode": "append", "--requeue": "",
+        "--open-mode": "append", "--requeue": "", "--signal": "B:USR1@120",
     }
     assert 'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)' in script
     assert "rdzv_port=$((20000 + SLURM_JOB_ID % 10000))" in script
@@ -81,6 +84,17 @@ def test_srun_mode_runs_one_task_per_process_and_strata_reads_slurm_itself(tmp_p
     assert argv[:3] == ["srun", "--ntasks-per-node=4", "--kill-on-bad-exit=1"]
     assert argv[3:6] == ["python3", "-m", "strata.launch.cli"]
     _check_train_args(argv[6:], "job.yaml", [])
+
+
+def test_sigusr1_ahead_of_the_limit_becomes_sigterm_for_the_step_and_a_requeue(tmp_path: Path) -> None:
+    script = sbatch_script(SlurmConfig(time="1:00:00", signal_seconds=300), job_name="j", config="job.yaml", log_dir="runs/j")
+    assert _directives(script)["--signal"] == "B:USR1@300"
+    trap = next(line for line in script.splitlines() if line.startswith("trap "))
+    assert trap.endswith(" USR1") and 'scancel --signal=TERM "${SLURM_JOB_ID}"' in trap
+    assert 'scontrol requeue "${SLURM_JOB_ID}"' in script
+    assert "--signal" not in _directives(sbatch_script(SlurmConfig(signal_seconds=0), job_name="j", config="job.yaml", log_dir="r"))
+    with pytest.raises(ConfigError, match="signal_seconds"):
+        SlurmConfig(signal_seconds=-1)
 
 
 def test_cpu_only_job_requests_no_gpus_and_quotes_odd_words(tmp_path: Path) -> None:
