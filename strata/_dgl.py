@@ -33,7 +33,7 @@ def _graphbolt_library_matches_torch() -> bool:
 
 def _import_dgl() -> types.ModuleType:
     os.environ.setdefault("DGLBACKEND", "pytorch")
-    if "dgl" in sys.modules:
+    if sys.modules.get("dgl") is not None:  # None there means "unimportable": the import below says so
         return sys.modules["dgl"]
     if not _graphbolt_library_matches_torch() and "dgl.graphbolt" not in sys.modules:
         sys.modules["dgl.graphbolt"] = types.ModuleType("dgl.graphbolt")

@@ -88,7 +88,10 @@ def with_self_loops(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray
 
 
 def graph_csc(graph: object) -> tuple[np.ndarray, np.ndarray]:
-    """``(indptr, indices)`` of a DGLGraph's in-edges, as the model sees them (self loops
-    included where the graph has them), sharing the graph's memory."""
-    indptr, indices, _ = graph.adj_tensors("csc")  # type: ignore[attr-defined]
-    return indptr.numpy(), indices.numpy()
+    """``(indptr, indices)`` of a whole-graph Block or a DGLGraph's in-edges, as the model sees
+    them (self loops included where the graph has them), sharing the graph's memory."""
+    if hasattr(graph, "adj_tensors"):
+        indptr, indices, _ = graph.adj_tensors("csc")  # type: ignore[attr-defined]
+    else:
+        indptr, indices = graph.indptr, graph.indices  # type: ignore[attr-defined]
+    return indptr.cpu().numpy(), indices.cpu().numpy()

@@ -68,7 +68,13 @@ def metis_assign(graph: GraphSource, cfg: PartitionConfig, progress: bool = Fals
     check_metis_fits(graph, cfg)
     import torch
 
-    from strata._dgl import dgl
+    try:
+        from strata._dgl import dgl
+    except ImportError as exc:
+        raise PartitionError(
+            f"METIS comes from DGL here, and DGL does not import ({exc}). Install it (pip install dgl==2.1.0; "
+            "a CPU build, enough for METIS), or partition with --method fennel, which needs no DGL"
+        ) from exc
 
     indptr, indices = graph.csc()
     g = dgl.graph(

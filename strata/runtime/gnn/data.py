@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from strata._dgl import dgl
+from strata.graph.block import Block
+from strata.graph.csc import with_self_loops
 from strata.runtime.config import DataConfig
 from strata.storage import layout
 from strata.storage.rows import normalize_rows
@@ -20,14 +21,27 @@ class NodeData:
     """A whole node-classification data set in memory."""
 
     graph: object
+    """A :class:`strata.graph.Block` of the whole graph (tests may still hand a DGLGraph)."""
     feat: Tensor
     label: Tensor
     splits: dict[str, Tensor] = field(default_factory=dict)
     num_classes: int = 0
 
 
+def to_block(indptr: np.ndarray, indices: np.ndarray, *, self_loops: bool) -> Block:
+    """The whole graph as a Block over its CSC (in-edges grouped by destination); with
+    ``self_loops`` exactly one per node, last in its row (the CSC :func:`to_dgl` gives). The
+    arrays were bounds-checked when the store was opened."""
+    if self_loops:
+        indptr, indices = with_self_loops(indptr, indices)
+    return Block.from_csc(indptr, indices, check=False)
+
+
 def to_dgl(indptr: np.ndarray, indices: np.ndarray, num_nodes: int, *, self_loops: bool) -> object:
-    """A DGLGraph from CSC arrays (in-edges grouped by destination)."""
+    """A DGLGraph from CSC arrays (in-edges grouped by destination), for tests and tools that
+    want DGL's graph; training uses :func:`to_block` and runs without DGL."""
+    from strata._dgl import dgl
+
     graph = dgl.graph(
         ("csc", (torch.from_numpy(indptr), torch.from_numpy(indices), torch.empty(0, dtype=torch.int64))),
         num_nodes=num_nodes,
@@ -49,7 +63,7 @@ def load_node_data(cfg: DataConfig, *, self_loops: bool, load_features: bool = T
     else:
         feat = spilled_features(store, normalize=cfg.normalize_features)
     return NodeData(
-        graph=to_dgl(indptr, indices, store.meta.num_nodes, self_loops=self_loops),
+        graph=to_block(indptr, indices, self_loops=self_loops),
         feat=feat,
         label=torch.from_numpy(store.labels()),
         splits={name: torch.from_numpy(store.split(name)) for name in ("train", "valid", "test")},
