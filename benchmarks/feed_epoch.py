@@ -12,7 +12,7 @@ Both train GraphSAGE from the same initial weights on the same batches; the loss
 step is compared (``max_loss_diff``). On a machine without CUDA both run on the CPU, where the
 feed passes batches through: the figures then show the path works, not what a GPU gains.
 
-    python benchmarks/feed_epoch.py --nodes 20000 --store /tmp/feed_syn
+    python benchmarks/feed_epoch.py --nodes 20000 --store /tmp/feed_syn --json feed_epoch.json
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from report import add_json_flag, publish, ratio
 
 
 @dataclass
@@ -127,8 +129,13 @@ def main() -> None:
     p.add_argument("--feat-dim", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--store", required=True, help="where the synthetic store is (written when absent)")
+    add_json_flag(p)
     args = p.parse_args()
-    print(json.dumps(compare_epochs(EpochSpec(args.nodes, args.feat_dim, args.batch_size, args.store)), indent=1))
+    result = compare_epochs(EpochSpec(args.nodes, args.feat_dim, args.batch_size, args.store))
+    print(json.dumps(result, indent=1))
+    ratios = {"plain_over_fed_epoch_seconds": ratio(result["plain"]["epoch_seconds"], result["fed"]["epoch_seconds"])}
+    context = {key: result[key] for key in ("device", "store_write_seconds", "max_loss_diff")}
+    publish(args, "feed_epoch", {"plain": result["plain"], "fed": result["fed"]}, ratios, context)
 
 
 if __name__ == "__main__":
