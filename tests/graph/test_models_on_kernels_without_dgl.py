@@ -20,23 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.no_dgl import HIDE_DGL
 from tests.helpers.paths import REPO, require_planetoid
 
-SCRIPT = r'''
-import importlib.abc
+SCRIPT = HIDE_DGL + r'''
 import json
 import sys
 import traceback
-
-
-class HideDGL(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "dgl" or name.startswith("dgl."):
-            raise ImportError(f"No module named '{name}' (hidden by the test)")
-        return None
-
-
-sys.meta_path.insert(0, HideDGL())
 try:
     from strata.launch.job import load_job
     from strata.runtime.gnn.trainer import train_node_classifier

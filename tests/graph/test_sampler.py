@@ -18,6 +18,7 @@ from strata.graph import ops
 from strata.graph.sampler import DglSampler, SampledBlocks, TorchSampler, floyd_sample, make_sampler
 from strata.storage.featstore.sampling import NeighbourSampler
 from tests.helpers.graphs import awkward_csc
+from tests.helpers.no_dgl import HIDE_DGL
 
 needs_dgl = pytest.mark.skipif(not ops.dgl_available(), reason="DGL does not import here")
 
@@ -294,19 +295,8 @@ def test_a_cpu_generator_gives_the_same_blocks_on_cuda() -> None:
                   indptr, indices, [5, 3], seeds.numpy())
 
 
-HIDE_DGL_AND_SAMPLE = r'''
-import importlib.abc
+HIDE_DGL_AND_SAMPLE = HIDE_DGL + r'''
 import sys
-
-
-class HideDGL(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "dgl" or name.startswith("dgl."):
-            raise ImportError(f"No module named '{name}' (hidden by the test)")
-        return None
-
-
-sys.meta_path.insert(0, HideDGL())
 import numpy as np
 
 from strata.graph.sampler import make_sampler

@@ -10,21 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers.no_dgl import HIDE_DGL
+
 REPO = Path(__file__).resolve().parents[2]
 
-SCRIPT = r'''
-import importlib.abc
+SCRIPT = HIDE_DGL + r'''
 import sys
-
-
-class HideDGL(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "dgl" or name.startswith("dgl."):
-            raise ImportError(f"No module named '{name}' (hidden by the test)")
-        return None
-
-
-sys.meta_path.insert(0, HideDGL())
 
 import pytest
 import torch
