@@ -44,6 +44,8 @@ from pathlib import Path
 
 from report import add_json_flag, publish, ratio
 
+from strata.launch.commands.pack import parse_size
+
 FULL_NODES = 64_000_000
 STEPS = ("ingest", "partition", "pack", "train")
 GIB = 1 << 30
@@ -82,15 +84,6 @@ def host_cache_bytes(args: argparse.Namespace) -> int:
     if args.host_cache == "auto":
         return max(192 << 20, sizes(args)["feat_bytes"] // 16)
     return parse_size(args.host_cache)
-
-
-def parse_size(text: str) -> int:
-    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
-    low = text.lower()
-    for unit, factor in units.items():
-        if low.endswith(unit):
-            return int(float(low[: -len(unit)]) * factor)
-    return int(low)
 
 
 def paths(args: argparse.Namespace) -> dict[str, Path]:

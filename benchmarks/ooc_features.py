@@ -54,17 +54,10 @@ from pathlib import Path
 import numpy as np
 from report import add_json_flag, publish, ratio
 
+from strata.launch.commands.pack import parse_size
+
 METHODS = ("naive", "memmap", "cached", "packed", "in_memory")
 SECTION = "## Tiered feature store"
-
-
-def parse_size(text: str) -> int:
-    units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30}
-    low = text.lower()
-    for unit, factor in units.items():
-        if low.endswith(unit):
-            return int(float(low[: -len(unit)]) * factor)
-    return int(low)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

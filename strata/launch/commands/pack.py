@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=-1, help="with --world-size: pack only this rank's share")
     p.add_argument("--out", default="", help="where to write the pack (default STORE/packs/<fingerprint>, where training looks)")
     p.add_argument(
-        "--host-cache-bytes", type=_size, default=None, metavar="BYTES",
+        "--host-cache-bytes", type=parse_size, default=None, metavar="BYTES",
         help="host budget the hot set is sized for, e.g. 256MiB (default: features.host_cache_bytes' default)",
     )
     p.add_argument(
@@ -50,7 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _size(text: str) -> int:
+def parse_size(text: str) -> int:
+    """Bytes from '268435456', '256MiB', '1GiB', '500MB' (an argparse type; the benchmarks use it too)."""
     units = {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "kb": 10**3, "mb": 10**6, "gb": 10**9, "b": 1}
     lowered = text.strip().lower()
     for unit, scale in units.items():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from strata.launch.commands.pack import parse_size
+
 EPILOG = """\
 methods:
   metis    DGL's METIS: best cuts; needs the graph in memory (about 152 bytes per node and
@@ -53,18 +55,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--no-grow", action="store_true", help="fennel: skip the growth passes from seed nodes")
     s.add_argument("--chunk-edges", type=int, default=1 << 20, help="edges read per chunk (default 1048576)")
     p.add_argument(
-        "--memory-limit", type=_size, default=0, metavar="BYTES",
+        "--memory-limit", type=parse_size, default=0, metavar="BYTES",
         help="metis: refuse graphs estimated to need more than this, e.g. 8GiB (default: the memory available)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
-
-
-def _size(text: str) -> int:
-    from strata.launch.commands.pack import _size as parse
-
-    return parse(text)
 
 
 def run(args: argparse.Namespace) -> int:
