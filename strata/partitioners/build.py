@@ -1,33 +1,37 @@
 """``build``: turn an assignment into per-part local graphs with halos, and write them.
 
-Unlike the streaming assignment, building holds the store's CSC in memory (O(N + E)),
-plus the halos of all parts, which decide the boundary flags before any part is written.
+The build streams, like the assignment: it reads the store's CSC chunk by chunk
+(:meth:`GraphSource.iter_chunks`), finds every part's halo in ``halo_hops`` passes
+(:mod:`strata.partitioners.halo`), then cuts and writes one part at a time, its edges
+appended to the part's files as they come (:mod:`strata.partitioners.local_graph`,
+:mod:`strata.partitioners.part_files`). Peak memory is :func:`build_memory_bytes`: per-node
+arrays and one chunk, never the edges of the graph or of a part.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from strata.errors import PartitionError
-from strata.graph.csc import Subgraph, edge_dst, edge_ranges
 from strata.partitioners.assign import assign_with
 from strata.partitioners.config import PartitionConfig
-from strata.partitioners.format import (
-    Partition,
-    PartitionInfo,
-    PartitionWriter,
-    check_free,
-    graph_checksum,
-)
+from strata.partitioners.format import PartitionInfo, PartitionWriter, check_free, graph_checksum
 from strata.partitioners.graph import StoreGraph
-from strata.partitioners.halo import upstream_halo
+from strata.partitioners.halo import MASK_BYTES, Halos, stream_halos
+from strata.partitioners.local_graph import count_local_in_edges, local_edges_of_run, local_map
+from strata.partitioners.part_files import write_part
 from strata.partitioners.report import Balance, PartitionReport, peak_rss_bytes
+from strata.storage import fs
 from strata.storage.store import DatasetStore
+
+log = logging.getLogger(__name__)
 
 
 def build(
@@ -42,10 +46,14 @@ def build(
     assign_seconds: float = 0.0,
     config: dict[str, Any] | None = None,
     progress: bool = False,
+    chunk_edges: int = 0,
+    mask_bytes: int = MASK_BYTES,
 ) -> PartitionReport:
     """Write partition ``name`` of ``store`` from ``assignment`` and return its quality report.
 
     ``num_parts`` defaults to ``assignment.max() + 1``; pass it when a part may be empty.
+    ``chunk_edges`` (default :data:`BUILD_CHUNK_EDGES`) in-edges are read at once, and the
+    halo marks of parts take at most ``mask_bytes`` (one part's at least).
     """
     store = store if isinstance(store, DatasetStore) else DatasetStore.open(store)
     graph = StoreGraph(store)
@@ -57,83 +65,83 @@ def build(
     check_free(store.url, name, overwrite)
     started = time.perf_counter()
 
-    indptr, indices = graph.csc()
-    order = np.argsort(assignment, kind="stable")
-    owned = np.split(order, np.cumsum(np.bincount(assignment, minlength=k))[:-1])  # each ascending
-    scratch = np.zeros(n, dtype=bool)
-    rings = [
-        upstream_halo(indptr, indices, owned[p], int(halo_hops), scratch)
-        for p in tqdm(range(k), desc="halo", unit="part", disable=not progress)
-    ]
-    needed = np.zeros(n, dtype=bool)  # in some part's halo, hence owned elsewhere and sent there
-    for part_rings in rings:
-        for ring in part_rings:
-            needed[ring] = True
-
-    info = PartitionInfo(
-        name=name,
-        method=method,
-        num_parts=k,
-        halo_hops=int(halo_hops),
-        num_nodes=n,
-        num_edges=graph.num_edges,
-        graph_checksum=graph_checksum(store),
-        config=dict(config or {}),
-    )
-    g2l = np.full(n, -1, dtype=np.int64)
-    with PartitionWriter(store, info, overwrite) as writer:
-        for p in tqdm(range(k), desc="write", unit="part", disable=not progress):
-            local_to_global = np.concatenate([owned[p], *rings[p]]).astype(np.int64)
-            local = _local_graph(indptr, indices, local_to_global, g2l)
-            writer.write_part(
-                Partition(
-                    part_id=p,
-                    num_owned=len(owned[p]),
-                    halo_per_hop=[len(ring) for ring in rings[p]],
-                    local_to_global=local_to_global,
-                    indptr=local.indptr,
-                    indices=local.indices,
-                    edge_ids=local.edge_ids,
-                    boundary=needed[owned[p]],
-                )
-            )
-        halo_sizes = [sum(len(ring) for ring in part_rings) for part_rings in rings]
-        report = _report(graph, info, assignment, indptr, indices, halo_sizes)
-        report.assign_seconds = float(assign_seconds)
-        report.build_seconds = time.perf_counter() - started
-        report.peak_rss_bytes = peak_rss_bytes()
-        writer.commit(assignment, report.to_json())
+    chunk_edges = int(chunk_edges) or BUILD_CHUNK_EDGES
+    passes = _passes(n, k, int(halo_hops), mask_bytes)
+    with tqdm(total=passes * graph.num_edges, desc="build: halos", unit="edge", unit_scale=True, disable=not progress) as bar:
+        halos = stream_halos(graph, assignment, k, int(halo_hops), chunk_edges=chunk_edges, mask_bytes=mask_bytes, bar=bar)
+        sizes = np.bincount(assignment, minlength=k)
+        budget = build_memory_bytes(n, k, halo_volume=sum(halos.size(p) for p in range(k)), chunk_edges=chunk_edges,
+                                    mask_bytes=mask_bytes, largest_local=max(int(sizes[p]) + halos.size(p) for p in range(k)))
+        log.info("partition build: at most %.2f GiB over the process's base (%d passes over %s edges)",
+                 budget / 2**30, passes, f"{graph.num_edges:,}")
+        info = PartitionInfo(
+            name=name,
+            method=method,
+            num_parts=k,
+            halo_hops=int(halo_hops),
+            num_nodes=n,
+            num_edges=graph.num_edges,
+            graph_checksum=graph_checksum(store),
+            config=dict(config or {}),
+        )
+        with PartitionWriter(store, info, overwrite) as writer:
+            for p in range(k):
+                bar.set_description(f"build: part {p + 1}/{k}")
+                _write_part(writer, graph, p, np.flatnonzero(assignment == p), halos, chunk_edges, bar)
+            report = _report(graph, info, assignment, halos)
+            report.assign_seconds = float(assign_seconds)
+            report.build_seconds = time.perf_counter() - started
+            report.peak_rss_bytes = peak_rss_bytes()
+            writer.commit(assignment, report.to_json())
     return report
 
 
-PIECE_EDGES = 1 << 22
-"""In-edges scanned at once while cutting a part's local graph."""
+BUILD_CHUNK_EDGES = 1 << 22
+"""In-edges read from the store at once while building (a chunk's temporaries: ~40 bytes an edge)."""
 
 
-def _local_graph(indptr: np.ndarray, indices: np.ndarray, nodes: np.ndarray, g2l: np.ndarray) -> Subgraph:
-    """:func:`strata.graph.csc.induced_subgraph` of ``nodes`` (same arrays), scanning their
-    in-edges ``PIECE_EDGES`` at a time: with random ids a part's halo is most of the graph, and
-    scanning all its in-edges at once held ~40 bytes per edge of the graph in temporaries.
-    ``g2l`` is an int64 array of N entries, all -1; it is returned all -1."""
-    n_sub = len(nodes)
-    g2l[nodes] = np.arange(n_sub, dtype=np.int64)
-    try:
-        ends = np.cumsum(indptr[nodes + 1] - indptr[nodes])
-        cuts = [0, *np.searchsorted(ends, np.arange(PIECE_EDGES, int(ends[-1]) if n_sub else 0, PIECE_EDGES)).tolist(), n_sub]
-        counts, sources, edge_ids = [], [], []
-        for lo, hi in zip(cuts[:-1], cuts[1:]):
-            offsets, eids = edge_ranges(indptr, nodes[lo:hi])
-            local = g2l[indices[eids]]
-            keep = local >= 0
-            counts.append(np.bincount(edge_dst(offsets)[keep], minlength=hi - lo))
-            sources.append(local[keep])
-            edge_ids.append(eids[keep])
-        sub_indptr = np.zeros(n_sub + 1, dtype=np.int64)
-        np.cumsum(np.concatenate(counts) if counts else np.zeros(0, np.int64), out=sub_indptr[1:])
-        empty = np.empty(0, np.int64)
-        return Subgraph(sub_indptr, np.concatenate(sources) if sources else empty, np.concatenate(edge_ids) if edge_ids else empty)
-    finally:
-        g2l[nodes] = -1
+def build_memory_bytes(num_nodes: int, num_parts: int, *, halo_volume: int, largest_local: int,
+                       chunk_edges: int = BUILD_CHUNK_EDGES, mask_bytes: int = MASK_BYTES) -> int:
+    """What the build holds at once, beyond the process before it, in bytes:
+
+    * 13 bytes a node: the row pointer (8), the assignment (4), the in-some-halo flags (1);
+    * the halo marks of a group of parts, one byte a node each (at most ``mask_bytes``);
+    * the rings found, 8 bytes a halo node of every part (``halo_volume``);
+    * one part's local id map (4 bytes a node of the graph) and its local rows: ids, row
+      pointer and edge counts, 24 bytes a local node (``largest_local``: owned + halo);
+    * one chunk: ~80 bytes an edge (its sources, read and carried over, and the masks and
+      gathers of one pass), 320 MiB at the default 4M edges.
+
+    Never a per-edge array of the graph or of a part. At 64M nodes, 514M edges and 4 parts
+    (replication 1.81) that is about 2.6 GiB: the per-node arrays dominate.
+    """
+    n = int(num_nodes)
+    marks = min(int(num_parts), max(1, int(mask_bytes) // max(n, 1))) * n
+    return 17 * n + marks + 8 * int(halo_volume) + 24 * int(largest_local) + 80 * int(chunk_edges)
+
+
+def _passes(n: int, k: int, hops: int, mask_bytes: int) -> int:
+    """Passes over the edges the build makes: ``hops`` per group of parts for the halos, then
+    per part one to count its local edges and one per run of local ids (owned, each hop)."""
+    groups = -(-k // max(1, min(k, mask_bytes // max(n, 1))))
+    return groups * hops + k * (hops + 2)
+
+
+def _write_part(writer: PartitionWriter, graph: StoreGraph, p: int, owned: np.ndarray, halos: Halos, chunk_edges: int,
+                bar: tqdm) -> None:
+    """Cut part ``p``'s local graph from the store's chunks and write it as it streams in."""
+    rings = halos.rings[p]
+    local_to_global = np.concatenate([owned, *rings]).astype(np.int64)
+    g2l = local_map(graph.num_nodes, local_to_global)
+    indptr = count_local_in_edges(graph, g2l, len(local_to_global), chunk_edges=chunk_edges, bar=bar)
+    runs = np.cumsum([0, len(owned), *(len(ring) for ring in rings)])  # local ids of owned, then of each hop
+
+    def edges() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for lo, hi in zip(runs[:-1].tolist(), runs[1:].tolist()):
+            yield from local_edges_of_run(graph, g2l, lo, hi, chunk_edges=chunk_edges, bar=bar)
+
+    write_part(fs.join(writer.tmp, f"part-{p}"), num_owned=len(owned), halo_per_hop=[len(ring) for ring in rings],
+               local_to_global=local_to_global, indptr=indptr, boundary=halos.needed[owned], edges=edges())
 
 
 def _checked_assignment(assignment: Any, n: int, num_parts: int | None, where: str) -> np.ndarray:
@@ -148,14 +156,11 @@ def _checked_assignment(assignment: Any, n: int, num_parts: int | None, where: s
     return a.astype(np.int32, copy=False)
 
 
-def _report(
-    graph: StoreGraph, info: PartitionInfo, assignment: np.ndarray, indptr: np.ndarray, indices: np.ndarray, halo_sizes: list[int]
-) -> PartitionReport:
+def _report(graph: StoreGraph, info: PartitionInfo, assignment: np.ndarray, halos: Halos) -> PartitionReport:
     k, n, m = info.num_parts, info.num_nodes, info.num_edges
-    degree = np.diff(indptr)
-    cut = _edge_cut(assignment, indptr, indices)
+    degree = np.diff(graph.indptr())
+    volume = sum(halos.size(p) for p in range(k))
     train = graph.train_ids()
-    volume = int(sum(halo_sizes))
     return PartitionReport(
         name=info.name,
         method=info.method,
@@ -163,26 +168,15 @@ def _report(
         halo_hops=info.halo_hops,
         num_nodes=n,
         num_edges=m,
-        edge_cut=cut,
-        edge_cut_fraction=cut / m if m else 0.0,
+        edge_cut=halos.edge_cut,
+        edge_cut_fraction=halos.edge_cut / m if m else 0.0,
         communication_volume=volume,
         replication_factor=(n + volume) / n,
         nodes=Balance.of(np.bincount(assignment, minlength=k)),
         edges=Balance.of(np.bincount(assignment, weights=degree, minlength=k).astype(np.int64)),
         train_nodes=Balance.of(np.bincount(assignment[train], minlength=k)),
-        halo=[int(h) for h in halo_sizes],
+        halo=[halos.size(p) for p in range(k)],
     )
-
-
-def _edge_cut(assignment: np.ndarray, indptr: np.ndarray, indices: np.ndarray, step: int = 1 << 20) -> int:
-    """Edges whose source and destination are in different parts, counted ``step`` destinations
-    at a time so the count needs no per-edge array of the whole graph."""
-    cut = 0
-    for lo in range(0, len(indptr) - 1, step):
-        hi = min(lo + step, len(indptr) - 1)
-        dst_parts = np.repeat(assignment[lo:hi], np.diff(indptr[lo : hi + 1]))
-        cut += int(np.count_nonzero(assignment[indices[indptr[lo] : indptr[hi]]] != dst_parts))
-    return cut
 
 
 def partition_store(store: DatasetStore | str, cfg: PartitionConfig, progress: bool = False) -> PartitionReport:

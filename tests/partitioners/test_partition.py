@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from strata.errors import PartitionError, StoreError
+from strata.partitioners import build as pbuild
 from strata.partitioners import format as pformat
 from strata.partitioners.assign import PARTITIONERS, assign
 from strata.partitioners.build import build, partition_store
@@ -123,21 +124,21 @@ def test_partition_is_written_atomically_and_refuses_overwrite(tiny_store: str) 
     class Boom(Exception):
         pass
 
-    original = pformat.PartitionWriter.write_part
+    original = pbuild.write_part
     calls = []
 
-    def failing(self, part):
-        calls.append(part.part_id)
+    def failing(root, **part):
+        calls.append(root)
         if len(calls) == 2:
             raise Boom()
-        original(self, part)
+        original(root, **part)
 
-    pformat.PartitionWriter.write_part = failing
+    pbuild.write_part = failing
     try:
         with pytest.raises(Boom):
             build(tiny_store, np.zeros(50, np.int32), "fennel-3", overwrite=True, num_parts=3)
     finally:
-        pformat.PartitionWriter.write_part = original
+        pbuild.write_part = original
     assert fs.listdir(fs.join(tiny_store, "partitions")) == ["fennel-3"]
     np.testing.assert_array_equal(open_partition(tiny_store, "fennel-3").assignment(), pset.assignment())
 
