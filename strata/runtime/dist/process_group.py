@@ -39,7 +39,10 @@ def _store(topology: Topology, timeout: timedelta) -> dist.Store:
     """The rendezvous store, with one key prefix per torchrun attempt.
 
     torchrun's agent keeps its store across worker restarts; without the prefix, a restarted
-    rank could read the address a killed rank published and wait on a dead peer.
+    rank could read the address a killed rank published and wait on a dead peer. A store the
+    workers host (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1) is new each attempt and needs none; the
+    restart count must not name it then, as a replaced host's agent counts from 0 while the
+    surviving agents do not (tests/testing/test_host_kill.py).
     """
     store = dist.TCPStore(
         topology.master_addr,
@@ -49,7 +52,7 @@ def _store(topology: Topology, timeout: timedelta) -> dist.Store:
         timeout=timeout,
         multi_tenant=True,
     )
-    return dist.PrefixStore(f"strata/attempt-{topology.restart_count}", store)
+    return dist.PrefixStore(f"strata/attempt-{topology.restart_count}" if topology.agent_store else "strata", store)
 
 
 @contextmanager
