@@ -16,18 +16,22 @@ method samples the same batches of ``--batch-size`` seeds with ``--fanouts``:
 The methods' calls are interleaved batch by batch, so all see the same load; the per-batch
 median wall and CPU seconds are reported (the machine may be shared: CPU seconds are steadier).
 ``--train-batches N`` also runs N steps of a 2-layer GraphSAGE (mean aggregation, the same
-weights and DGL's mean kernel for both) fed by strata's path (``sample_step``, the runtime's
-``gather_rows``, Blocks, ``graph.ops.mean``) and by a bare DGL loop (``NeighborSampler``, DGL
-blocks, ``dgl.ops.copy_u_mean``), alternating step by step, and compares seeds per second. Both
-loops gather features with the runtime's ``gather_rows``: a bare loop's ``feat[input_nodes]``
-(torch advanced indexing) is several times slower and would flatter strata.
+weights and DGL's mean kernel for each) fed three ways: by strata's trainer batch source
+(``SampledBatches``: ``sample_step``, the runtime's ``gather_rows``, Blocks, ``graph.ops.mean``,
+``--prefetch`` batches prepared ahead on a background thread, as ``strata train`` does), by the
+same with nothing ahead (``strata_sequential``), and by a bare DGL loop (``NeighborSampler``, DGL
+blocks, ``dgl.ops.copy_u_mean``, all in the training thread). The loops take turns in rounds of
+``--train-round`` steps, and compare seeds per second. Every loop gathers features with the
+runtime's ``gather_rows``: a bare loop's ``feat[input_nodes]`` (torch advanced indexing) is
+several times slower and would flatter strata.
 
     python benchmarks/sampler.py [--nodes 200000] [--avg-degree 10] [--fanouts 10,10] [--batch-size 1024]
                                  [--batches 40] [--train-batches 20] [--threads 1] [--json OUT]
 
 Ratios: ``<method>_over_dgl_batch`` (median wall seconds per batch), ``..._batch_cpu_time``,
-``numpy_v1_over_torch_batch``, and ``strata_over_dgl_train_samples_per_second`` (and
-``..._per_cpu_second``), above 1 where strata's loop trains more seeds per second. The smallest useful run, a few seconds::
+``numpy_v1_over_torch_batch``, and ``strata_over_dgl_train_samples_per_second`` and
+``strata_sequential_over_dgl_train_samples_per_second`` (and ``..._per_cpu_second``), above 1
+where strata's loop trains more seeds per second. The smallest useful run, a few seconds::
 
     python benchmarks/sampler.py --nodes 20000 --batches 5 --train-batches 3
 """
@@ -55,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fanouts", default="10,10", help="per layer, input layer first")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--batches", type=int, default=40, help="timed batches per method (after one untimed)")
-    p.add_argument("--train-batches", type=int, default=20, help="training steps per loop; 0 skips the loops")
+    p.add_argument("--train-batches", type=int, default=20, help="timed training steps per loop; 0 skips the loops")
+    p.add_argument("--train-round", type=int, default=20, help="steps of one loop before the next loop's turn")
+    p.add_argument("--prefetch", type=int, default=2, help="batches strata's loop prepares ahead (the trainer's default)")
     p.add_argument("--feat-dim", type=int, default=128)
     p.add_argument("--hidden", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch and DGL (OMP_NUM_THREADS)")
@@ -178,47 +184,67 @@ def time_sampling(args: argparse.Namespace, calls: dict[str, Callable[[int], Any
 
 
 def time_training(args: argparse.Namespace, indptr: np.ndarray, indices: np.ndarray) -> dict[str, dict[str, float]]:
-    """Seeds per second of strata's and a bare DGL mini-batch loop, steps alternating."""
+    """Seeds per second of strata's mini-batch loop and a bare DGL loop, in alternating rounds.
+
+    strata's loop is the trainer's own batch source (:class:`SampledBatches`: strata's sampler,
+    the runtime's feature gather, batches prepared ``--prefetch`` ahead on a background thread);
+    ``strata_sequential`` is the same with nothing ahead. The bare DGL loop samples with DGL's
+    NeighborSampler and gathers with the same ``gather_rows`` in the training thread. Each round
+    runs ``--train-round`` steps of one loop; a loop's background thread is joined inside its own
+    round, so no loop works in another's time."""
     import torch
 
     from strata._dgl import dgl
     from strata.graph import ops
+    from strata.graph.block import Block
     from strata.graph.sampler import DglSampler
-    from strata.runtime.gnn.batches import gather_rows
-    from strata.storage.featstore.sampling import EpochPlan, NeighbourSampler, sample_step
+    from strata.runtime.gnn.batches import SampledBatches, gather_rows
+    from strata.runtime.gnn.config import TrainConfig
+    from strata.runtime.gnn.data import NodeData
+    from strata.storage.featstore.sampling import EpochPlan
 
     fanouts = [int(f) for f in args.fanouts.split(",")]
     gen = torch.Generator().manual_seed(args.seed)
     feat = torch.randn(args.nodes, args.feat_dim, generator=gen)
     labels = torch.randint(0, 8, (args.nodes,), generator=gen)
+    data = NodeData(Block.from_csc(indptr, indices, check=False), feat, labels, {"train": torch.arange(args.nodes)}, 8)
+    cfg = TrainConfig(mode="minibatch", batch_size=args.batch_size, fanouts=fanouts, seed=args.seed)
+    sources = {"strata": SampledBatches(data, cfg, len(fanouts), prefetch=args.prefetch),
+               "strata_sequential": SampledBatches(data, cfg, len(fanouts), prefetch=0)}
     plan = EpochPlan(np.arange(args.nodes, dtype=np.int64), args.batch_size, args.seed)
     order = plan.order(0)
-    strata_sampler = NeighbourSampler(indptr, indices, fanouts)
     dgl_graph, dgl_sampler = DglSampler(indptr, indices, fanouts).graph, dgl.dataloading.NeighborSampler(fanouts)
-    models = {name: sage_model(args.feat_dim, args.hidden, 8, len(fanouts), seed=args.seed) for name in ("strata", "dgl")}
+    loops = ("strata", "strata_sequential", "dgl")
+    models = {name: sage_model(args.feat_dim, args.hidden, 8, len(fanouts), seed=args.seed) for name in loops}
     optimizers = {name: torch.optim.Adam(m.parameters(), lr=1e-3) for name, m in models.items()}
 
-    def strata_step(step: int) -> None:
-        batch = sample_step(strata_sampler, plan, order, 0, step)
-        blocks = batch.to_graph_blocks()
-        x = gather_rows(feat, batch.input_nodes)
-        out = models["strata"](blocks, x, lambda b, h: ops.mean(b, h))
-        train(out, labels[torch.from_numpy(batch.output_nodes)], optimizers["strata"])
+    def strata_round(name: str, start: int, count: int) -> None:
+        batches = sources[name].epoch(0, start)
+        for _ in range(count):
+            batch = next(batches)
+            train(models[name](batch.graphs, batch.x, ops.mean), batch.y, optimizers[name])
+        batches.close()  # joins the prefetch thread inside this round
 
-    def dgl_step(step: int) -> None:
-        input_nodes, output_nodes, blocks = dgl_sampler.sample_blocks(dgl_graph, torch.from_numpy(plan.seeds(order, step)))
-        x = gather_rows(feat, input_nodes.numpy())  # the same gather as strata's, so the loops differ in sampling only
-        out = models["dgl"](blocks, x, lambda b, h: dgl.ops.copy_u_mean(b, h))
-        train(out, labels[output_nodes], optimizers["dgl"])
+    def dgl_round(name: str, start: int, count: int) -> None:
+        for step in range(start, start + count):
+            input_nodes, output_nodes, blocks = dgl_sampler.sample_blocks(dgl_graph, torch.from_numpy(plan.seeds(order, step)))
+            x = gather_rows(feat, input_nodes.numpy())
+            train(models[name](blocks, x, dgl.ops.copy_u_mean), labels[output_nodes], optimizers[name])
 
-    seconds = {"strata": [0.0, 0.0], "dgl": [0.0, 0.0]}  # wall, CPU
-    for step in range(args.train_batches + 1):
-        for name, run in (("strata", strata_step), ("dgl", dgl_step)):
+    rounds = {"strata": strata_round, "strata_sequential": strata_round, "dgl": dgl_round}
+    for name in loops:  # untimed warm-up: allocator, thread pools, first-call costs
+        rounds[name](name, 0, 1)
+    seconds = {name: [0.0, 0.0] for name in loops}  # wall, CPU
+    done, steps = 0, plan.steps_per_epoch()
+    while done < args.train_batches:
+        count = min(args.train_round, args.train_batches - done, steps - 1 - done % (steps - 1))
+        start = 1 + done % (steps - 1)
+        for name in loops:
             started, cpu_started = time.perf_counter(), time.process_time()
-            run(step % plan.steps_per_epoch())
-            if step:
-                seconds[name][0] += time.perf_counter() - started
-                seconds[name][1] += time.process_time() - cpu_started
+            rounds[name](name, start, count)
+            seconds[name][0] += time.perf_counter() - started
+            seconds[name][1] += time.process_time() - cpu_started
+        done += count
     seeds = args.train_batches * args.batch_size
     return {name: {"train_seconds": wall, "samples_per_second": seeds / wall, "train_cpu_seconds": cpu,
                    "samples_per_cpu_second": seeds / cpu} for name, (wall, cpu) in seconds.items()}
@@ -289,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name} training loop: {f['samples_per_second']:,.0f} seeds/s ({f['train_seconds']:.2f} s), "
                   f"{f['samples_per_cpu_second']:,.0f} seeds per CPU second")
         for figure in ("samples_per_second", "samples_per_cpu_second"):
-            ratios[f"strata_over_dgl_train_{figure}"] = ratio(training["strata"][figure], training["dgl"][figure])
+            for loop in ("strata", "strata_sequential"):
+                ratios[f"{loop}_over_dgl_train_{figure}"] = ratio(training[loop][figure], training["dgl"][figure])
     context = {"edges": len(indices), "torch": torch.__version__, "threads": args.threads, "load_average": os.getloadavg()}
     print()
     publish(args, "sampler", figures, ratios, context)
