@@ -54,6 +54,15 @@ class TrainConfig:
     """'auto' (bf16 on CUDA GPUs that support it, fp32 on CPU), 'fp32', or 'bf16' (forward passes
     autocast to bfloat16 on any device; weights, gradients and optimizer state stay fp32).
     full and minibatch only: graph_parallel and layer_pipeline exchange fp32 messages."""
+    eval: str = "auto"
+    """How validation and test scores are computed: 'full' (every node's full neighbourhood:
+    the whole graph and feature matrix in memory), 'sampled' (minibatch: neighbourhoods sampled
+    with ``fanouts`` in batches, features read from the store; see
+    :mod:`strata.runtime.gnn.evaluation`), or 'auto' (sampled for minibatch runs whose
+    features.mode is cached or packed, full otherwise)."""
+    eval_nodes: int = 0
+    """Sampled evaluation: score at most this many nodes of each split, a seeded sample fixed
+    for the run; 0 = every node of every split."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("", "full", "minibatch"):
@@ -99,6 +108,15 @@ class TrainConfig:
                 f"train.precision=bf16 is for the full and minibatch executors; '{self.executor}' exchanges fp32 "
                 "embeddings between processes. Use precision auto or fp32"
             )
+        if self.eval not in ("auto", "full", "sampled"):
+            raise ConfigError(f"train.eval must be auto, full or sampled, got '{self.eval}'")
+        if self.eval == "sampled" and self.executor != "minibatch":
+            raise ConfigError(
+                f"train.eval=sampled samples neighbourhoods with train.fanouts: it needs train.executor=minibatch, "
+                f"not '{self.executor}'"
+            )
+        if self.eval_nodes < 0:
+            raise ConfigError(f"train.eval_nodes must be >= 0 (0 = every node), got {self.eval_nodes}")
         if self.patience < 0 or self.max_steps < 0:
             raise ConfigError("train.patience and train.max_steps must be >= 0")
 

@@ -51,17 +51,21 @@ def to_dgl(indptr: np.ndarray, indices: np.ndarray, num_nodes: int, *, self_loop
     return graph
 
 
-def load_node_data(cfg: DataConfig, *, self_loops: bool, load_features: bool = True) -> NodeData:
-    """The data set in memory; with ``load_features=False`` the features stay out of memory
-    (see :func:`spilled_features`): for training whose batches read them from the store."""
+def load_node_data(cfg: DataConfig, *, self_loops: bool, load_features: bool = True, spill: bool = True) -> NodeData:
+    """The data set in memory; with ``load_features=False`` the features stay out of memory,
+    for training whose batches read them from the store: spilled to a memory-mapped file (see
+    :func:`spilled_features`) for a full-graph evaluation, or with ``spill=False`` not at all
+    (``feat`` is then (N, 0): a sampled evaluation reads its rows from the store too)."""
     store = DatasetStore.open(cfg.store)
     indptr, indices = store.csc()
     if load_features:
         feat = torch.from_numpy(store.features())
         if cfg.normalize_features:
             feat = normalize_rows(feat)
-    else:
+    elif spill:
         feat = spilled_features(store, normalize=cfg.normalize_features)
+    else:
+        feat = torch.empty((store.meta.num_nodes, 0), dtype=torch.float32)
     return NodeData(
         graph=to_block(indptr, indices, self_loops=self_loops),
         feat=feat,

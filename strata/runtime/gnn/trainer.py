@@ -33,7 +33,7 @@ from strata.runtime import checkpointing
 from strata.runtime.config import CheckpointConfig, DataConfig, MetricsConfig
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.topology import Topology, single_process
-from strata.runtime.gnn import elastic
+from strata.runtime.gnn import elastic, evaluation
 from strata.runtime.gnn.config import PipelineConfig, TrainConfig
 from strata.runtime.gnn.data import NodeData, load_node_data
 from strata.runtime.gnn.executors.base import BuildContext, GNNExecutor
@@ -88,8 +88,11 @@ class NodeClassificationJob:
     (:class:`strata.runtime.loop.ElasticJob`) when its executor can re-split."""
 
     def __init__(self, executor: GNNExecutor, optimizer: torch.optim.Optimizer, cfg: TrainConfig, metrics: TrainingMetrics,
-                 *, comm: Comm | None = None, open_share: Callable[[int, int], BatchSource] | None = None) -> None:
+                 *, comm: Comm | None = None, open_share: Callable[[int, int], BatchSource] | None = None,
+                 evaluate: Callable[[], dict[str, float]] | None = None) -> None:
         self.executor = executor
+        self.evaluate = evaluate or executor.evaluate
+        """Scores of every split: the executor's, or sampled (:mod:`strata.runtime.gnn.evaluation`)."""
         self.model = executor.model
         self.optimizer = optimizer
         self.cfg = cfg
@@ -131,7 +134,7 @@ class NodeClassificationJob:
 
     def end_epoch(self, state: LoopState) -> bool:
         self.close_remainder()
-        scores = self.executor.evaluate()
+        scores = self.evaluate()
         best = self.best
         acc, loss = scores.get("valid_acc", 0.0), scores.get("valid_loss", math.inf)
         improved_acc, improved_loss = acc > best.val_acc, loss < best.val_loss
@@ -211,6 +214,8 @@ def _check_world(cfg: TrainConfig, topology: Topology) -> None:
 
 RUN_LENGTH_KEYS = ("epochs", "max_steps", "patience")
 """train keys a resumed run may change: they say how long to go on, not what is trained."""
+EVAL_KEYS = ("eval", "eval_nodes")
+"""train keys a resumed run may change: how it is scored, not what is trained."""
 RECUT_KEYS = ("partition",)
 """train keys a resumed graph_parallel run may change: how the graph is cut, which follows the
 number of processes (a stored partition of M parts to resume at M), not what is trained."""
@@ -218,7 +223,7 @@ number of processes (a stored partition of M parts to resume at M), not what is 
 
 def resume_identity(data_cfg: DataConfig, model_cfg: ModelConfig, cfg: TrainConfig) -> dict[str, Any]:
     """What must stay the same for a run to resume another's checkpoints."""
-    train = {key: value for key, value in asdict(cfg).items() if key not in RUN_LENGTH_KEYS}
+    train = {key: value for key, value in asdict(cfg).items() if key not in RUN_LENGTH_KEYS + EVAL_KEYS}
     if cfg.executor == "graph_parallel":  # any cut goes; kept (blank) so that earlier runs' RUN.json still match
         train.update(dict.fromkeys(RECUT_KEYS, ""))
     return {"data": asdict(data_cfg), "model": asdict(model_cfg), "train": train}
@@ -233,11 +238,12 @@ def _check_training_nodes(meta: DatasetMeta, store: str) -> None:
         )
 
 
-def _data_loader(data_cfg: DataConfig, features: FeaturesConfig | None, self_loops: bool) -> Callable[[], NodeData]:
-    """Loads the data set once, on the first call; features stay in the store (spilled to a
-    memory-mapped file) when the features config serves batches from the store."""
+def _data_loader(data_cfg: DataConfig, features: FeaturesConfig | None, self_loops: bool, *, spill: bool) -> Callable[[], NodeData]:
+    """Loads the data set once, on the first call; features stay in the store when the features
+    config serves batches from the store (spilled to a memory-mapped file if ``spill``: for a
+    full-graph evaluation)."""
     in_memory = features is None or features.mode == "in_memory"
-    return functools.cache(lambda: load_node_data(data_cfg, self_loops=self_loops, load_features=in_memory))
+    return functools.cache(lambda: load_node_data(data_cfg, self_loops=self_loops, load_features=in_memory, spill=spill))
 
 
 def train_node_classifier(
@@ -281,17 +287,20 @@ def train_node_classifier(
     )
     executor: GNNExecutor | None = None
     job: NodeClassificationJob | None = None
+    sampled_eval = evaluation.sampled(cfg, features)
     try:
         comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
         ctx = BuildContext(
             train=cfg, pipeline=pipeline or PipelineConfig(), features=features, data_cfg=data_cfg, model=model,
-            optimizer=optimizer, comm=comm, device=topology.device, load_data=_data_loader(data_cfg, features, self_loops),
+            optimizer=optimizer, comm=comm, device=topology.device,
+            load_data=_data_loader(data_cfg, features, self_loops, spill=not sampled_eval),
         )
         executor = build_executor(ctx)
+        evaluate = evaluation.build(ctx, ctx.load_data(), progress=progress and topology.is_main) if sampled_eval else None
         if topology.is_distributed:
             torch.manual_seed(checkpointing.rank_seed(cfg.seed, topology.rank))
         open_share = functools.partial(elastic.share_batches, ctx) if cfg.executor == "minibatch" else None
-        job = NodeClassificationJob(executor, optimizer, cfg, metrics, comm=comm, open_share=open_share)
+        job = NodeClassificationJob(executor, optimizer, cfg, metrics, comm=comm, open_share=open_share, evaluate=evaluate)
         loop_cfg = LoopConfig(
             epochs=cfg.epochs, max_steps=cfg.max_steps, grad_accum=cfg.grad_accum,
             bf16=resolve_bf16(cfg.precision, topology.device, section="train"), checkpoint_dir=ckpt_root,
@@ -317,7 +326,7 @@ def _finish(job: NodeClassificationJob, state: LoopState, comm: Comm, metrics: T
             run_dir: str, ckpt_root: str, jsonl: str) -> TrainResult:
     """Score the best weights and report the run."""
     job.model.load_state_dict(job.best_weights)
-    final = job.executor.evaluate()
+    final = job.evaluate()
     comm_bytes = comm.bytes_over_ranks() if comm.world_size > 1 else {}
     # Throughput of the whole job: every rank's samples over this rank's training time.
     (samples,) = comm.sum_floats([float(state.samples)]) if comm.world_size > 1 else (state.samples,)

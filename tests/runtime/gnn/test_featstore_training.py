@@ -112,7 +112,8 @@ def test_cli_pack_then_train_packed_matches_in_memory(tmp_path) -> None:
         config.write_text(json.dumps({
             "name": mode, "run_dir": str(tmp_path / mode), "data": {"store": str(store)},
             "model": {"name": "sage", "hidden": 16},
-            "train": {"mode": "minibatch", "fanouts": [4, 3], "batch_size": 128, "epochs": 2, "seed": 5},
+            # Both scored on sampled neighbourhoods (packed's default), from the same rows.
+            "train": {"mode": "minibatch", "fanouts": [4, 3], "batch_size": 128, "epochs": 2, "seed": 5, "eval": "sampled"},
             "features": {"mode": mode, "host_cache_bytes": 1 << 20},
         }))
         results[mode] = json.loads(run_strata("train", str(config), "--json", "-q").stdout.strip().splitlines()[-1])
