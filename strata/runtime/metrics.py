@@ -1,5 +1,8 @@
 """Per-rank training metrics: Prometheus text over HTTP, a Pushgateway summary, JSON lines.
 
+Every series is labelled ``job``, ``rank``, ``executor`` and ``host`` (the rank's hostname), so
+a dashboard or an alert can name the machine a rank runs on.
+
 Each rank owns one ``CollectorRegistry`` (no process-wide default registry), serves it on
 ``base_port + local_rank`` when a port is configured, and pushes it to a Pushgateway at the
 end when one is configured. Rank 0 also appends one JSON object per logged event to a file,
@@ -33,7 +36,7 @@ class TrainingMetrics:
     def __init__(self, cfg: MetricsConfig, *, rank: int, local_rank: int, executor: str, jsonl_url: str | None) -> None:
         self.cfg = cfg
         self.rank = rank
-        self.labels = {"job": cfg.job, "rank": str(rank), "executor": executor}
+        self.labels = {"job": cfg.job, "rank": str(rank), "executor": executor, "host": socket.gethostname()}
         self.registry = CollectorRegistry()
         names = list(self.labels)
         reg = self.registry
@@ -50,6 +53,11 @@ class TrainingMetrics:
         self._cache_hits = counter("strata_cache_hits", "Feature rows served by each cache tier.", ("tier",))
         self._comm_bytes = counter("strata_comm_bytes", "Bytes sent by collectives and point-to-point ops.", ("op",))
         self._comm_seconds = counter("strata_comm_seconds", "Seconds spent in collectives and point-to-point ops.", ("op",))
+        self._peer_wait = counter(
+            "strata_comm_peer_wait_seconds",
+            "Seconds this rank waited to receive from each peer rank (all_to_all on CPU, point-to-point receives).",
+            ("peer",),
+        )
         self.data_wait = counter("strata_data_wait_seconds", "Seconds the training loop waited for its next batch.").labels(**self.labels)
         self.last_step = Gauge(
             "strata_last_step_timestamp_seconds", "Unix time at which the last step ended.", names, registry=reg
@@ -64,9 +72,12 @@ class TrainingMetrics:
     def cache_hits(self, tier: str) -> Any:
         return self._cache_hits.labels(**self.labels, tier=tier)
 
-    def comm(self, op: str, nbytes: int, seconds: float) -> None:
+    def comm(self, op: str, nbytes: int, seconds: float, waits: dict[int, float] | None = None) -> None:
+        """One op's bytes and seconds, and the seconds it waited on each peer (by global rank)."""
         self._comm_bytes.labels(**self.labels, op=op).inc(nbytes)
         self._comm_seconds.labels(**self.labels, op=op).inc(seconds)
+        for peer, waited in (waits or {}).items():
+            self._peer_wait.labels(**self.labels, peer=str(peer)).inc(waited)
 
     def observe_feature_totals(self, *, cache_hits: dict[str, int], storage_read_bytes: int) -> None:
         """Advance the feature-store counters to these running totals (the store counts on its own)."""

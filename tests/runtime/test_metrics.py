@@ -7,7 +7,7 @@ from strata.runtime.metrics import TrainingMetrics
 
 
 def _value(metrics: TrainingMetrics, name: str, **labels: str) -> float:
-    value = metrics.registry.get_sample_value(name, {"job": "t", "rank": "0", "executor": "minibatch", **labels})
+    value = metrics.registry.get_sample_value(name, {**metrics.labels, **labels})
     return 0.0 if value is None else value
 
 

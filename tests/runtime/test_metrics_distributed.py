@@ -121,7 +121,7 @@ def test_every_rank_serves_rising_counters_and_exact_halo_bytes(tmp_path: Path, 
                     "strata_step_duration_seconds_count", "strata_last_step_timestamp_seconds"} <= names
             for (name, ls), _ in values.items():
                 if name.startswith("strata_"):
-                    assert {k for k, _ in ls} - {"op", "tier", "le"} == set(labels), (name, ls)
+                    assert {k for k, _ in ls} - {"op", "tier", "le", "peer"} == {*labels, "host"}, (name, ls)
         for name in ("strata_samples_total", "strata_step_duration_seconds_count", "strata_last_step_timestamp_seconds"):
             assert _value(late, name, **labels) > _value(early, name, **labels), name
         assert _value(early, "strata_step_duration_seconds_count", **labels) == PAUSES[0]

@@ -6,6 +6,12 @@ broadcast (at the source) and send; only the rows meant for other ranks for all_
 nothing for recv and barrier. With one process every op is the identity and nothing is
 counted.
 
+The sink also learns, per peer, how long this rank waited for that peer's data: on CPU (gloo)
+all_to_all_single runs as one receive and one send per peer, all posted at once, and each
+receive's arrival is timed; recv is timed too. A synchronous collective takes every rank as
+long as its slowest peer, so op seconds cannot tell which peer is slow; these waits can
+(``strata_comm_peer_wait_seconds``, alert StrataStragglerRank).
+
 :meth:`Comm.subgroups` splits the ranks into process groups (a pipeline stage's
 graph-parallel ranks, a diffusion expert's data-parallel ranks): every rank calls it with the
 same list of groups, so every rank creates every ``torch.distributed`` group in the same
@@ -19,14 +25,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-CommSink = Callable[[str, int, float], None]
-"""Receives (op, bytes, seconds) after every op, e.g. ``TrainingMetrics.comm``."""
+CommSink = Callable[..., None]
+"""Receives (op, bytes, seconds) after every op, and a fourth argument, {peer's global rank:
+seconds waited on it}, after the ops that know it (all_to_all on CPU, recv); e.g.
+``TrainingMetrics.comm``."""
 
 COUNTED_OPS = ("all_to_all", "all_reduce", "broadcast", "all_gather", "send")
 """The ops that carry payload (recv and barrier count none)."""
@@ -35,6 +44,10 @@ DEEPSPEED_OPS = tuple(
     for op in ("all_reduce", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "reduce", "all_gather", "all_to_all_single")
 )
 """The names DeepSpeed's traffic is recorded under (see :meth:`Comm.record`)."""
+
+MAX_WAIT_THREADS = 32
+"""Threads that wait on one all_to_all's receives at once (beyond it, arrival times of the
+later peers include waiting for earlier ones)."""
 
 _REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX, "min": dist.ReduceOp.MIN}
 
@@ -64,6 +77,7 @@ class Comm:
         """Global rank of each group rank."""
         self.group: object | None = None
         """The ``torch.distributed`` group; None for the default group or a group of one."""
+        self._waiter: ThreadPoolExecutor | None = None
 
     def subgroups(self, groups: Sequence[Sequence[int]]) -> Comm:
         """Split this Comm's ranks into ``groups`` (lists of ranks of this Comm that together
@@ -83,22 +97,27 @@ class Comm:
                 mine.rank, mine.world_size = members.index(self.rank), len(members)
                 mine.sink, mine.device, mine.totals = self.sink, self.device, self.totals
                 mine.ranks, mine.group = tuple(self.ranks[r] for r in members), handle
+                mine._waiter = None
         return mine
 
-    def _done(self, op: str, nbytes: int, started: float, tensors: Sequence[Tensor]) -> None:
+    def _done(self, op: str, nbytes: int, started: float, tensors: Sequence[Tensor], waits: dict[int, float] | None = None) -> None:
         if any(t.is_cuda for t in tensors):
             # NCCL ops are asynchronous to the host: wait so the seconds are the op's.
             torch.cuda.synchronize(tensors[0].device)
-        self.record(op, nbytes, time.perf_counter() - started)
+        self.record(op, nbytes, time.perf_counter() - started, waits)
 
-    def record(self, op: str, nbytes: int, seconds: float) -> None:
-        """Account traffic that another library sent on this rank's behalf (e.g. DeepSpeed)."""
+    def record(self, op: str, nbytes: int, seconds: float, waits: dict[int, float] | None = None) -> None:
+        """Account one op; also what another library sent on this rank's behalf (e.g. DeepSpeed).
+        ``waits``: seconds of the op spent waiting on each peer (by global rank), where known."""
         totals = self.totals.setdefault(op, OpTotals())
         totals.calls += 1
         totals.bytes += nbytes
         totals.seconds += seconds
         if self.sink is not None:
-            self.sink(op, nbytes, seconds)
+            if waits:
+                self.sink(op, nbytes, seconds, waits)
+            else:
+                self.sink(op, nbytes, seconds)
 
     def bytes_by_op(self) -> dict[str, int]:
         return {op: t.bytes for op, t in self.totals.items()}
@@ -144,11 +163,47 @@ class Comm:
         if self.world_size == 1:
             return out.copy_(tensor)
         started = time.perf_counter()
-        dist.all_to_all_single(out, tensor.contiguous(), list(recv_counts), list(send_counts), group=self.group)
+        if tensor.is_cuda:
+            dist.all_to_all_single(out, tensor.contiguous(), list(recv_counts), list(send_counts), group=self.group)
+            waits = None
+        else:
+            waits = self._exchange_by_peer(out, tensor, send_counts, recv_counts)
         row_bytes = _nbytes(tensor[:1]) if tensor.shape[0] else 0
         sent = (sum(send_counts) - send_counts[self.rank]) * row_bytes
-        self._done("all_to_all", sent, started, [tensor])
+        self._done("all_to_all", sent, started, [tensor], waits)
         return out
+
+    def _exchange_by_peer(self, out: Tensor, tensor: Tensor, send_counts: Sequence[int], recv_counts: Sequence[int]) -> dict[int, float]:
+        """all_to_all_single as one receive and one send per peer, all posted at once, so the
+        time each peer's rows took to arrive is known: {global rank: seconds}. A rank whose
+        link or host is slow is the one every other host waits on."""
+        sends = tensor.contiguous().split(list(send_counts))
+        received = out.split(list(recv_counts))
+        received[self.rank].copy_(sends[self.rank])
+        peers = [j for j in range(self.world_size) if j != self.rank]
+        began = time.perf_counter()
+        recvs = {self.ranks[j]: dist.irecv(received[j], src=self.ranks[j], group=self.group) for j in peers if recv_counts[j]}
+        posted = [dist.isend(sends[j], dst=self.ranks[j], group=self.group) for j in peers if send_counts[j]]
+        waits = self._arrivals(recvs, began)
+        for work in posted:
+            work.wait()
+        return waits
+
+    def _arrivals(self, recvs: dict[int, dist.Work], began: float) -> dict[int, float]:
+        """Seconds from ``began`` until each posted receive completed. Each is waited on in its
+        own thread (gloo's works have no completion callback), so one slow peer does not hide
+        how soon the others' rows arrived; a failed receive raises here."""
+
+        def arrival(work: dist.Work) -> float:
+            work.wait()
+            return time.perf_counter() - began
+
+        if len(recvs) <= 1:
+            return {peer: arrival(work) for peer, work in recvs.items()}
+        if self._waiter is None:
+            self._waiter = ThreadPoolExecutor(min(self.world_size - 1, MAX_WAIT_THREADS), thread_name_prefix="strata-recv")
+        futures = {peer: self._waiter.submit(arrival, work) for peer, work in recvs.items()}
+        return {peer: future.result() for peer, future in futures.items()}
 
     def all_to_all(self, outputs: list[Tensor], inputs: list[Tensor]) -> list[Tensor]:
         """Send ``inputs[j]`` to rank j and receive rank j's into ``outputs[j]``; returns ``outputs``."""
@@ -189,7 +244,7 @@ class Comm:
     def recv(self, tensor: Tensor, src: int) -> Tensor:
         started = time.perf_counter()
         dist.recv(tensor, src=self.ranks[src])
-        self._done("recv", 0, started, [tensor])
+        self._done("recv", 0, started, [tensor], {self.ranks[src]: time.perf_counter() - started})
         return tensor
 
     # -- derived ---------------------------------------------------------------------------
