@@ -236,8 +236,10 @@ def test_prometheus_sees_both_ranks_rise_and_every_expression_evaluates(run: dic
                 assert results, f"panel '{panel['title']}' shows nothing: {target['expr']}"
     throughput = _query(prometheus, _substitute(panels[0]["targets"][0]["expr"]))
     assert float(throughput[0]["value"][1]) > 0
-    comm = {r["metric"]["op"] for r in _query(prometheus, _substitute('sum by (op) (rate(strata_comm_bytes_total{job=~"$job"}[1m]))'))}
-    assert "all_reduce" in comm  # minibatch data parallel all-reduces gradients
+    # Minibatch data parallel all-reduces gradients; the op's series starts at the first step,
+    # which may be a scrape or two before this point.
+    ops = _substitute('sum by (op) (rate(strata_comm_bytes_total{job=~"$job"}[1m]))')
+    _wait("all_reduce traffic", lambda: "all_reduce" in {r["metric"]["op"] for r in _query(prometheus, ops)}, timeout=30, alive=alive)
 
     # Every alert: its expression evaluates, and picks exactly the faulty rank it is about.
     rules = {r["alert"]: r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]}
