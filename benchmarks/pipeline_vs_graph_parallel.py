@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import statistics
@@ -333,7 +334,10 @@ def parse_args() -> argparse.Namespace:
                         "strata.testing.cluster) instead of 4 processes on this host")
     parser.add_argument("--link", nargs="+", default=["unshaped"], metavar="RATE",
                         help="with --hosts: the hosts' link rates to sweep, in tc's units (unshaped 10gbit 1gbit 300mbit)")
-    parser.add_argument("--workdir", default="")
+    parser.add_argument("--subnet", default="10.77.0.0/24", help="with --hosts: the emulated hosts' network")
+    parser.add_argument("--cluster-prefix", default="stc", help="with --hosts: first letters of the cluster's namespaces")
+    parser.add_argument("--workdir", default="", help="where the store, its METIS cut and the runs' files go; reused when "
+                        "it already holds the same graph and cut")
     add_json_flag(parser)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -348,15 +352,21 @@ def _graph(args: argparse.Namespace, workdir: Path, procs: int) -> tuple[str, ob
     from strata.partitioners.config import PartitionConfig
     from strata.partitioners.format import open_partition
     from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
+    from strata.storage.store import DatasetStore
 
     store = str(workdir / "store")
     t0 = time.perf_counter()
-    meta = write_synthetic(
-        SyntheticGraphConfig(num_nodes=args.nodes, avg_degree=args.avg_degree, kind="rmat", num_classes=8, feat_dim=64, seed=0),
-        store, overwrite=True, progress=False,
-    )
+    graph = SyntheticGraphConfig(num_nodes=args.nodes, avg_degree=args.avg_degree, kind="rmat", num_classes=8, feat_dim=64, seed=0)
     cut = PartitionConfig(method="metis", num_parts=procs, name=f"metis-{procs}", overwrite=True)
-    partition_store(store, cut)
+    # A --workdir that already holds this graph and cut (recorded in graph.json) is reused.
+    stamp, wanted = workdir / "graph.json", {"graph": dataclasses.asdict(graph), "cut": dataclasses.asdict(cut)}
+    if stamp.exists() and json.loads(stamp.read_text()) == wanted:
+        meta = DatasetStore.open(store).meta
+    else:
+        stamp.unlink(missing_ok=True)
+        meta = write_synthetic(graph, store, overwrite=True, progress=False)
+        partition_store(store, cut)
+        stamp.write_text(json.dumps(wanted))
     parts = open_partition(store, cut.partition_name)
     halo = sum(parts.part(k).halo_per_hop[0] for k in range(procs))
     print(f"graph: {meta.num_nodes:,} nodes, {meta.num_edges:,} edges; METIS {procs} parts: sum of halos {halo:,} "
@@ -369,7 +379,7 @@ def _emulated_cluster(args: argparse.Namespace, stack: contextlib.ExitStack) -> 
         return None
     from strata.testing.cluster import Cluster, ClusterConfig
 
-    cluster = stack.enter_context(Cluster(ClusterConfig(hosts=args.hosts)))
+    cluster = stack.enter_context(Cluster(ClusterConfig(hosts=args.hosts, subnet=args.subnet, prefix=args.cluster_prefix)))
     print(f"emulated cluster: {args.hosts} hosts, one rank each; links swept over {', '.join(args.link)}", flush=True)
     return cluster
 
