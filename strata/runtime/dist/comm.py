@@ -8,7 +8,7 @@ counted.
 
 The sink also learns, per peer, how long this rank waited for that peer's data: on CPU (gloo)
 all_to_all_single runs as one receive and one send per peer, all posted at once, and each
-receive's arrival is timed; recv is timed too. A synchronous collective takes every rank as
+receive's arrival is timed (when a sink listens, see ``peer_waits``); recv is timed too. A synchronous collective takes every rank as
 long as its slowest peer, so op seconds cannot tell which peer is slow; these waits can
 (``strata_comm_peer_wait_seconds``, alert StrataStragglerRank).
 
@@ -62,7 +62,9 @@ class OpTotals:
 class Comm:
     """The collectives of one rank on the default process group, or on one subgroup of it."""
 
-    def __init__(self, rank: int, world_size: int, *, sink: CommSink | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self, rank: int, world_size: int, *, sink: CommSink | None = None, device: str = "cpu", peer_waits: bool | None = None
+    ) -> None:
         if world_size > 1 and not dist.is_initialized():
             raise RuntimeError(f"Comm for {world_size} ranks needs a process group; form one with runtime.distributed.process_group")
         self.rank = rank
@@ -77,6 +79,10 @@ class Comm:
         """Global rank of each group rank."""
         self.group: object | None = None
         """The ``torch.distributed`` group; None for the default group or a group of one."""
+        self.peer_waits = sink is not None if peer_waits is None else peer_waits
+        """Time each peer's part of all_to_all_single on CPU: one receive and one send per peer,
+        waited on by a few threads, which costs more than gloo's own all-to-all (1 to 4 ms more per
+        op with 3 or 4 ranks on 2 busy cores). On by default when a sink listens."""
         self._waiter: ThreadPoolExecutor | None = None
 
     def subgroups(self, groups: Sequence[Sequence[int]]) -> Comm:
@@ -95,7 +101,7 @@ class Comm:
             if self.rank in members:
                 mine = Comm.__new__(Comm)
                 mine.rank, mine.world_size = members.index(self.rank), len(members)
-                mine.sink, mine.device, mine.totals = self.sink, self.device, self.totals
+                mine.sink, mine.device, mine.totals, mine.peer_waits = self.sink, self.device, self.totals, self.peer_waits
                 mine.ranks, mine.group = tuple(self.ranks[r] for r in members), handle
                 mine._waiter = None
         return mine
@@ -163,7 +169,7 @@ class Comm:
         if self.world_size == 1:
             return out.copy_(tensor)
         started = time.perf_counter()
-        if tensor.is_cuda:
+        if tensor.is_cuda or not self.peer_waits:
             dist.all_to_all_single(out, tensor.contiguous(), list(recv_counts), list(send_counts), group=self.group)
             waits = None
         else:
