@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from strata.testing.cluster import Cluster, ClusterConfig
-from strata.testing.slurm_hosts import COMMANDS, SlurmHosts
+from strata.testing.slurm_hosts import COMMANDS, SlurmHosts, slurm_conf
 from tests.helpers.servers import require_commands
 
 EPOCHS = 20
@@ -53,6 +53,19 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     url = str(tmp_path_factory.mktemp("data") / "store")
     write_synthetic(SyntheticGraphConfig(num_nodes=1000, avg_degree=8, num_classes=4, feat_dim=16, seed=1), url, progress=False)
     return url
+
+
+def test_slurm_conf_registers_each_host_under_its_address_with_its_own_spool(tmp_path: Path) -> None:
+    """No root needed: the configuration a 3-host cluster gets (the cluster is not built)."""
+    cluster = Cluster(ClusterConfig(hosts=3, subnet="10.78.0.0/24", prefix="sla"), tag="abcde")
+    conf = slurm_conf(cluster, tmp_path, cpus_per_node=2, cred_expire=9).splitlines()
+    assert [line for line in conf if line.startswith("NodeName=")] == [
+        f"NodeName=host{i} NodeAddr=10.78.0.{i + 1} CPUs=2 State=UNKNOWN" for i in range(3)
+    ]
+    assert "SlurmctldHost=host0(10.78.0.1)" in conf
+    assert f"SlurmdSpoolDir={tmp_path}/spool/%n" in conf and f"SlurmdPidFile={tmp_path}/slurmd-%n.pid" in conf
+    assert f"AuthInfo=socket={tmp_path}/munge.sock,cred_expire=9" in conf
+    assert "PartitionName=hosts Nodes=host0,host1,host2 Default=YES MaxTime=INFINITE State=UP" in conf
 
 
 def _submit(slurm: SlurmHosts, workdir: Path, store: str, name: str, *args: str) -> str:
