@@ -55,8 +55,8 @@ class TrainingMetrics:
         self._comm_seconds = counter("strata_comm_seconds", "Seconds spent in collectives and point-to-point ops.", ("op",))
         self._peer_wait = counter(
             "strata_comm_peer_wait_seconds",
-            "Seconds this rank waited to receive from each peer rank (all_to_all on CPU, point-to-point receives).",
-            ("peer",),
+            "Seconds this rank waited for each peer rank's data to arrive, by op (all_to_all on CPU, recv).",
+            ("peer", "op"),
         )
         self.data_wait = counter("strata_data_wait_seconds", "Seconds the training loop waited for its next batch.").labels(**self.labels)
         self.last_step = Gauge(
@@ -77,7 +77,7 @@ class TrainingMetrics:
         self._comm_bytes.labels(**self.labels, op=op).inc(nbytes)
         self._comm_seconds.labels(**self.labels, op=op).inc(seconds)
         for peer, waited in (waits or {}).items():
-            self._peer_wait.labels(**self.labels, peer=str(peer)).inc(waited)
+            self._peer_wait.labels(**self.labels, peer=str(peer), op=op).inc(waited)
 
     def observe_feature_totals(self, *, cache_hits: dict[str, int], storage_read_bytes: int) -> None:
         """Advance the feature-store counters to these running totals (the store counts on its own)."""

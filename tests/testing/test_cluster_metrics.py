@@ -187,7 +187,7 @@ def test_a_host_at_a_tenth_of_the_rate_is_singled_out_and_alerted(watched: dict[
     step = {r["metric"]["host"]: float(r["value"][1]) for r in _query(
         prometheus, f"rate(strata_step_duration_seconds_sum{window}) / rate(strata_step_duration_seconds_count{window})")}
     waits = {(r["metric"]["host"], r["metric"]["peer"]): float(r["value"][1]) for r in _query(
-        prometheus, f"rate(strata_comm_peer_wait_seconds_total{window})")}
+        prometheus, f'rate(strata_comm_peer_wait_seconds_total{{op="all_to_all"}}{window})')}
     print(f"{ALERT} fired {fired_after:.1f}s after host{SLOW_HOST}'s link went from {FAST} to {SLOW} "
           f"(`for: {ALERT_FOR}`, 1 s scrapes): {[a['metric'] for a in alerts]}")
     print("mean step seconds by host:", {h: round(v, 3) for h, v in sorted(step.items())})
@@ -207,7 +207,8 @@ def test_a_host_at_a_tenth_of_the_rate_is_singled_out_and_alerted(watched: dict[
 
 def test_the_straggler_rule_waits_out_its_for_and_names_the_rank_on_its_host(tmp_path: Path) -> None:
     """promtool on synthetic series: 3 hosts x 1 rank (rank 2's host slow), 2 hosts x 1 rank (no
-    telling), 3 hosts x 2 ranks (ranks 4 and 5 on the slow host)."""
+    telling), 3 hosts x 2 ranks (ranks 4 and 5 on the slow host), and a pipeline whose stage 1
+    waits long on stage 0 in its receives (by design, not a straggler)."""
     require_commands(["promtool"], ["prometheus"])
     rule = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if r.get("alert") == ALERT][0]
     assert rule["for"] == "5m"
@@ -215,6 +216,7 @@ def test_the_straggler_rule_waits_out_its_for_and_names_the_rank_on_its_host(tmp
         _rule_case("3x1", hosts=3, per_host=1, at=("4m", "10m"), expect=[2]),
         _rule_case("2x1", hosts=2, per_host=1, at=("4m", "10m"), expect=[]),
         _rule_case("3x2", hosts=3, per_host=2, at=("4m", "10m"), expect=[4, 5]),
+        _pipeline_case(),
     ]
     (tmp_path / "test.yaml").write_text(yaml.safe_dump({"rule_files": [str(RULES)], "evaluation_interval": "1m", "tests": tests}))
     proc = subprocess.run(["promtool", "test", "rules", str(tmp_path / "test.yaml")], capture_output=True, text=True, timeout=60)
@@ -246,7 +248,8 @@ def _rule_case(job: str, *, hosts: int, per_host: int, at: tuple[str, str], expe
                 share = SLOW_WAIT
             else:
                 share = FAST_WAIT
-            series.append({"series": f'strata_comm_peer_wait_seconds_total{{{labels}, peer="{peer}"}}', "values": f"0+{share * 60:g}x15"})
+            waits = f'strata_comm_peer_wait_seconds_total{{{labels}, peer="{peer}", op="all_to_all"}}'
+            series.append({"series": waits, "values": f"0+{share * 60:g}x15"})
     rule = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if r.get("alert") == ALERT][0]
     expected = []
     for rank in expect:
@@ -262,3 +265,16 @@ def _rule_case(job: str, *, hosts: int, per_host: int, at: tuple[str, str], expe
         "alert_rule_test": [{"eval_time": at[0], "alertname": ALERT, "exp_alerts": []},
                             {"eval_time": at[1], "alertname": ALERT, "exp_alerts": expected}],
     }
+
+
+def _pipeline_case() -> dict[str, Any]:
+    """Three stages on three hosts that only recv: stage 1 waits SLOW_WAIT on stage 0, the rest
+    FAST_WAIT. Counted like all_to_all waits this would name rank 0; receives do not count."""
+    series = []
+    for rank, peers in {0: {1: FAST_WAIT}, 1: {0: SLOW_WAIT, 2: FAST_WAIT}, 2: {1: FAST_WAIT}}.items():
+        labels = f'job="pipe", rank="{rank}", executor="layer_pipeline", host="host{rank}"'
+        series.append({"series": f"strata_last_step_timestamp_seconds{{{labels}}}", "values": "0+60x15"})
+        for peer, share in peers.items():
+            waits = f'strata_comm_peer_wait_seconds_total{{{labels}, peer="{peer}", op="recv"}}'
+            series.append({"series": waits, "values": f"0+{share * 60:g}x15"})
+    return {"interval": "1m", "input_series": series, "alert_rule_test": [{"eval_time": "10m", "alertname": ALERT, "exp_alerts": []}]}
