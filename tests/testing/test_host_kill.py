@@ -41,7 +41,7 @@ from pathlib import Path
 
 import pytest
 
-from strata.testing.cluster import Cluster, ClusterConfig
+from strata.testing.cluster import Cluster, ClusterConfig, cleanup
 
 EPOCHS, EVERY = 30, 3
 JOB = """\
@@ -71,6 +71,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture()
 def two_hosts(as_root: None) -> Iterator[Cluster]:
+    cleanup("sla", include_up=False)  # what a killed run of these tests left (its daemons and jobs die with it)
     with Cluster(ClusterConfig(hosts=2, subnet="10.78.0.0/24", prefix="sla")) as cluster:
         cluster.set_rate(1, "5mbit")  # about 0.15 s of halo traffic per epoch: time to kill host1 mid-run
         yield cluster

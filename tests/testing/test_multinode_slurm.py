@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from strata.testing.cluster import Cluster, ClusterConfig
+from strata.testing.cluster import Cluster, ClusterConfig, cleanup
 from strata.testing.slurm_hosts import COMMANDS, SlurmHosts, slurm_conf
 from tests.helpers.servers import require_commands
 
@@ -41,6 +41,7 @@ ENV = {"OMP_NUM_THREADS": "1", "DGLBACKEND": "pytorch", "PYTHONUNBUFFERED": "1"}
 @pytest.fixture(scope="module")
 def slurm(as_root: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmHosts]:
     require_commands(list(COMMANDS), ["slurm-wlm", "munge"])
+    cleanup("sla", include_up=False)  # what a killed run of these tests left (its daemons and jobs die with it)
     with Cluster(ClusterConfig(hosts=2, rate="1gbit", subnet="10.78.0.0/24", prefix="sla")) as cluster:
         with SlurmHosts(cluster, tmp_path_factory.mktemp("slurm")) as hosts:
             yield hosts
