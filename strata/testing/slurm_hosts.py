@@ -190,8 +190,26 @@ class SlurmHosts:
 
     def wait_for_end(self, job_id: str, timeout: float, log: Path | None = None) -> str:
         """The state a job ends in (COMPLETED, FAILED, CANCELLED, ...), waiting at most ``timeout``."""
-        return self.wait(lambda: (lambda s: s if s in ENDED else None)(self.show_job(job_id).get("JobState")),
-                          timeout, f"job {job_id} to end", log)
+
+        def ended() -> str | None:
+            state = self.show_job(job_id).get("JobState", "")
+            return state if state in ENDED else None
+
+        return self.wait(ended, timeout, f"job {job_id} to end", log)
+
+    def wait(self, check: Callable[[], object], timeout: float, what: str, log: Path | None = None):
+        """``check()``'s first true value, polled; after ``timeout`` a ClusterError naming ``what``
+        with the tail of ``log`` (or of every daemon's log)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            value = check()
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                logs = [log] if log else sorted(self.root.glob("*.out"))
+                detail = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in logs if p.exists())
+                raise ClusterError(f"timed out after {timeout:g}s waiting for {what}\n{detail}")
+            time.sleep(0.25)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -214,17 +232,3 @@ class SlurmHosts:
             self._alive(proc, name, log)
         states = self.run(["sinfo", "-h", "-N", "-o", "%N %T"]).stdout.split()
         return states[1::2] == ["idle"] * len(self.cluster.hosts)
-
-    def wait(self, check: Callable[[], object], timeout: float, what: str, log: Path | None = None):
-        """``check()``'s first true value, polled; after ``timeout`` a ClusterError naming ``what``
-        with the tail of ``log`` (or of every daemon's log)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                logs = [log] if log else sorted(self.root.glob("*.out"))
-                detail = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in logs if p.exists())
-                raise ClusterError(f"timed out after {timeout:g}s waiting for {what}\n{detail}")
-            time.sleep(0.25)
