@@ -7,10 +7,10 @@ nothing for recv and barrier. With one process every op is the identity and noth
 counted.
 
 The sink also learns, per peer, how long this rank waited for that peer's data: on CPU (gloo)
-all_to_all_single runs as one receive and one send per peer, all posted at once, and each
-receive's arrival is timed (when a sink listens, see ``peer_waits``); recv is timed too. A synchronous collective takes every rank as
-long as its slowest peer, so op seconds cannot tell which peer is slow; these waits can
-(``strata_comm_peer_wait_seconds``, alert StrataStragglerRank).
+and when a sink listens (``peer_waits``), all_to_all_single runs as one receive and one send
+per peer, all posted at once, and each receive's arrival is timed; recv is timed too. A
+synchronous collective takes every rank as long as its slowest peer, so op seconds cannot tell
+which peer is slow; these waits can (``strata_comm_peer_wait_seconds``, alert StrataStragglerRank).
 
 :meth:`Comm.subgroups` splits the ranks into process groups (a pipeline stage's
 graph-parallel ranks, a diffusion expert's data-parallel ranks): every rank calls it with the
