@@ -20,7 +20,8 @@ What it takes, found by experiment and in ``torch.distributed.elastic`` (torch 2
   ``strata/attempt-0`` and every round timed out until ``--max-restarts`` ran out.
 * ``--rdzv-conf keep_alive_interval=1,keep_alive_max_attempt=3``: the dead agent stays a
   participant of the finished round until its heartbeat is ``interval x attempts`` old (15 s by
-  default); until then the others wait in the wait list. ``join_timeout`` bounds the wait for
+  default); until then the others wait in the wait list (the next round completed 16 s after
+  the failure with the defaults, 3 s with these). ``join_timeout`` bounds the wait for
   the replacement (600 s by default).
 * The killed host must not hold the rendezvous store: the c10d store lives in the agent on the
   ``--rdzv-endpoint`` host (host0 here). Killing host0 instead ends host1's agent at once
