@@ -181,7 +181,6 @@ def _straggler_rule() -> dict[str, Any]:
     return next(r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if r.get("alert") == ALERT)
 
 
-
 def test_a_host_at_a_tenth_of_the_rate_is_singled_out_and_alerted(watched: dict[str, Any]) -> None:
     prometheus, alive, cluster = watched["prometheus"], watched["alive"], watched["cluster"]
     _wait("every host's rank to step", lambda: len(_query(prometheus, f'strata_step_duration_seconds_count{{job="{JOB_LABEL}"}} > 1')) == HOSTS,
@@ -189,7 +188,8 @@ def test_a_host_at_a_tenth_of_the_rate_is_singled_out_and_alerted(watched: dict[
     cluster.set_rate(SLOW_HOST, SLOW)
     slowed = time.monotonic()
     firing = f'ALERTS{{alertname="{ALERT}", alertstate="firing"}}'
-    alerts = _wait(f"{ALERT} to fire", lambda: _query(prometheus, firing), timeout=60, alive=alive)
+    # Its 5-minute rates of a series this young are the waits so far over 300 s: 25-40 s here.
+    alerts = _wait(f"{ALERT} to fire", lambda: _query(prometheus, firing), timeout=90, alive=alive)
     fired_after = time.monotonic() - slowed
 
     window = "[10s]"
