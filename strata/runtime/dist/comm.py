@@ -82,7 +82,8 @@ class Comm:
         self.peer_waits = sink is not None if peer_waits is None else peer_waits
         """Time each peer's part of all_to_all_single on CPU: one receive and one send per peer,
         waited on by a few threads, which costs more CPU and latency than gloo's own all-to-all.
-        On by default when a sink listens (training with metrics); off, it is gloo's."""
+        On by default when a sink listens; the GNN trainer asks for it only where the ranks serve
+        Prometheus metrics (metrics.port). Off, it is gloo's."""
         self._waiter: ThreadPoolExecutor | None = None
 
     def subgroups(self, groups: Sequence[Sequence[int]]) -> Comm:

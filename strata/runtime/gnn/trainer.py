@@ -289,7 +289,9 @@ def train_node_classifier(
     job: NodeClassificationJob | None = None
     sampled_eval = evaluation.sampled(cfg, features)
     try:
-        comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device)
+        # per-peer waits cost a slower all-to-all on gloo: only where Prometheus scrapes the ranks
+        comm = Comm(topology.rank, topology.world_size, sink=metrics.comm, device=topology.device,
+                    peer_waits=bool(metrics_cfg.port))
         ctx = BuildContext(
             train=cfg, pipeline=pipeline or PipelineConfig(), features=features, data_cfg=data_cfg, model=model,
             optimizer=optimizer, comm=comm, device=topology.device,
