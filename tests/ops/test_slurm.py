@@ -53,7 +53,8 @@ def _slurm_conf(root: Path, host: str, ctld_port: int, slurmd_port: int, socket_
         "SlurmdUser": "root",
         "AuthType": "auth/munge",
         "CredType": "cred/munge",
-        "AuthInfo": f"socket={socket_path}",
+        # A requeued job is held for the credential's lifetime plus a second (121 s by default).
+        "AuthInfo": f"socket={socket_path},cred_expire=15",
         "StateSaveLocation": root / "state",
         "SlurmdSpoolDir": root / "spool",
         "SlurmctldPidFile": root / "slurmctld.pid",
