@@ -55,13 +55,15 @@ def missing_commands() -> list[str]:
 
 
 def slurm_conf(
-    cluster: Cluster, root: Path, *, cpus_per_node: int, cred_expire: int = 15, ctld_port: int = 6817, slurmd_port: int = 6818
+    cluster: Cluster, root: Path, *, cpus_per_node: int, cred_expire: int = 15, extra: dict[str, object] | None = None,
+    ctld_port: int = 6817, slurmd_port: int = 6818,
 ) -> str:
     """slurm.conf for ``cluster``: slurmctld on host0, a node per host under its address, one
     partition ``hosts`` of them all; state, spool and pid files under ``root``.
 
     ``cred_expire`` is a job step credential's lifetime, and SLURM holds a requeued job for that
-    long plus a second before it may start again (BeginTime): 121 s with SLURM's default 120."""
+    long plus a second before it may start again (BeginTime): 121 s with SLURM's default 120.
+    ``extra`` adds or replaces settings (e.g. ``SlurmdTimeout``)."""
     head = cluster.host(0)
     settings = {
         "ClusterName": f"strata{cluster.tag}",
@@ -90,7 +92,7 @@ def slurm_conf(
         # The hosts share this machine's cores: a node may declare more CPUs than it has.
         "SlurmdParameters": "config_overrides",
     }
-    lines = [f"{key}={value}" for key, value in settings.items()]
+    lines = [f"{key}={value}" for key, value in {**settings, **(extra or {})}.items()]
     lines += [f"NodeName={h.name} NodeAddr={h.address} CPUs={cpus_per_node} State=UNKNOWN" for h in cluster.hosts]
     names = ",".join(h.name for h in cluster.hosts)
     lines.append(f"PartitionName=hosts Nodes={names} Default=YES MaxTime=INFINITE State=UP")
@@ -107,6 +109,9 @@ class SlurmHosts:
     cpus_per_node: int = 2
     cred_expire: int = 15
     """Seconds a step credential lives, and a requeued job waits (see :func:`slurm_conf`)."""
+    extra: dict[str, object] = field(default_factory=dict)
+    """More slurm.conf settings, e.g. ``{"SlurmdTimeout": 10}`` to declare a dead host's node
+    down (and fail over its jobs) in seconds rather than SLURM's 300."""
     ready_seconds: float = 60.0
     _daemons: list[tuple[str, subprocess.Popen, Path]] = field(init=False, default_factory=list, repr=False)
 
@@ -136,7 +141,8 @@ class SlurmHosts:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         key, sock = self.root / "munge.key", self.root / "munge.sock"
         subprocess.run(["mungekey", "--create", f"--keyfile={key}", "--force"], check=True, capture_output=True)
-        self.conf.write_text(slurm_conf(self.cluster, self.root, cpus_per_node=self.cpus_per_node, cred_expire=self.cred_expire))
+        self.conf.write_text(slurm_conf(self.cluster, self.root, cpus_per_node=self.cpus_per_node, cred_expire=self.cred_expire,
+                                         extra=self.extra))
         try:
             self._start(0, "munged", ["munged", "--foreground", "--force", f"--socket={sock}", f"--key-file={key}",
                                       f"--log-file={self.root / 'munged.log'}", f"--pid-file={self.root / 'munged.pid'}",
@@ -145,8 +151,7 @@ class SlurmHosts:
             self._start(0, "slurmctld", ["slurmctld", "-D", "-f", str(self.conf)],
                         ready=lambda: self.run(["scontrol", "ping"]).returncode == 0)
             for host in self.cluster.hosts:
-                slurmd = ["slurmd", "-D", "-f", str(self.conf), "-N", host.name]
-                self._start(host.index, f"slurmd-{host.name}", ["sh", "-c", _CGROUP_MOUNT, "slurmd", *slurmd])
+                self.start_slurmd(host.index)
             self.wait(self._all_idle, self.ready_seconds, "every node to be idle")
         except BaseException:
             self.down()
@@ -164,6 +169,19 @@ class SlurmHosts:
         for _, proc, _ in reversed(self._daemons):
             self.cluster.stop(proc)
         self._daemons.clear()
+
+    def start_slurmd(self, host: int) -> None:
+        """Start ``host``'s slurmd (again, as when the machine is back after a crash: with
+        ``ReturnToService=2`` its node returns to service once it registers)."""
+        name = f"slurmd-{self.cluster.host(host).name}"
+        self._daemons = [d for d in self._daemons if d[0] != name or d[1].poll() is None]
+        argv = ["slurmd", "-D", "-f", str(self.conf), "-N", self.cluster.host(host).name]
+        self._start(host, name, ["sh", "-c", _CGROUP_MOUNT, "slurmd", *argv])
+
+    def node_states(self) -> dict[str, str]:
+        """Each node's state as sinfo says it ('idle', 'mixed', 'down*', ...)."""
+        words = self.run(["sinfo", "-h", "-N", "-o", "%N %T"]).stdout.split()
+        return dict(zip(words[0::2], words[1::2]))
 
     # -- clients, on the head node ---------------------------------------------------------------
 
@@ -230,5 +248,5 @@ class SlurmHosts:
     def _all_idle(self) -> bool:
         for name, proc, log in self._daemons:
             self._alive(proc, name, log)
-        states = self.run(["sinfo", "-h", "-N", "-o", "%N %T"]).stdout.split()
-        return states[1::2] == ["idle"] * len(self.cluster.hosts)
+        states = self.node_states()
+        return all(states.get(h.name) == "idle" for h in self.cluster.hosts)

@@ -18,6 +18,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,7 +34,7 @@ name: {name}
 data: {{store: {store}}}
 model: {{name: sage, hidden: 16, num_layers: 2, dropout: 0.3}}
 train: {{executor: minibatch, epochs: {epochs}, lr: 0.01, weight_decay: 0.0, batch_size: 100, fanouts: [5, 5], seed: 7}}
-checkpoint: {{every_steps: 0, keep: 2}}
+checkpoint: {{every_steps: {every}, keep: 2}}
 """
 ENV = {"OMP_NUM_THREADS": "1", "DGLBACKEND": "pytorch", "PYTHONUNBUFFERED": "1"}
 
@@ -69,9 +70,9 @@ def test_slurm_conf_registers_each_host_under_its_address_with_its_own_spool(tmp
     assert "PartitionName=hosts Nodes=host0,host1,host2 Default=YES MaxTime=INFINITE State=UP" in conf
 
 
-def _submit(slurm: SlurmHosts, workdir: Path, store: str, name: str, *args: str) -> str:
+def _submit(slurm: SlurmHosts, workdir: Path, store: str, name: str, *args: str, every: int = 0) -> str:
     """`strata launch slurm job.yaml --nodes 2 --submit` on host0; the job id it printed."""
-    (workdir / "job.yaml").write_text(JOB.format(name=name, store=store, epochs=EPOCHS))
+    (workdir / "job.yaml").write_text(JOB.format(name=name, store=store, epochs=EPOCHS, every=every))
     proc = slurm.run([sys.executable, "-m", "strata.launch.cli", "launch", "slurm", "job.yaml", "--nodes", "2",
                       "--python", sys.executable, "--submit", *args], cwd=workdir, env=ENV)
     match = re.search(r"^submitted batch job (\d+)$", proc.stdout, re.MULTILINE)
@@ -135,3 +136,35 @@ def test_the_job_stopped_ahead_of_its_time_limit_requeues_and_resumes_to_the_uni
     end, ref_end = ([e for e in evs if e["event"] == "end"] for evs in (events, reference))
     assert len(end) == 1 and (end[0]["steps"], end[0]["final_loss"]) == (ref_end[0]["steps"], ref_end[0]["final_loss"])
     print(f"job {job_id} stopped at step {starts[1][0]} of {EPOCHS * per_epoch}, requeued, final loss {end[0]['final_loss']:.6f}")
+
+
+@pytest.mark.skipif(os.environ.get("STRATA_SLOW_TESTS") != "1",
+                    reason="a host's death, SLURM's node timeout, the requeue hold and a second start: set STRATA_SLOW_TESTS=1")
+def test_a_host_killed_under_slurm_fails_its_node_and_the_requeued_job_resumes_to_the_uninterrupted_losses(
+    as_root: None, store: str, uninterrupted: tuple[str, Path], tmp_path: Path
+) -> None:
+    """Every process of host1 killed, its slurmd too (the machine died): slurmctld declares the
+    node down after ``SlurmdTimeout`` (10 s here, 300 s by default), the job ends in NODE_FAIL and,
+    being ``--requeue``, goes back to the queue; host1's slurmd starts again (the machine is
+    back), and the job runs again on both hosts and resumes from its newest checkpoint."""
+    with Cluster(ClusterConfig(hosts=2, rate="1gbit", subnet="10.78.0.0/24", prefix="sla")) as cluster:
+        settings = {"SlurmdTimeout": 10, "SchedulerParameters": "sched_interval=5"}
+        with SlurmHosts(cluster, tmp_path / "slurm", extra=settings) as slurm:
+            job_id = _submit(slurm, tmp_path, store, "two-hosts", every=12)
+            run_dir = tmp_path / "runs/two-hosts"
+            log, metrics = run_dir / f"slurm-{job_id}.out", run_dir / "metrics.jsonl"
+            slurm.wait(lambda: metrics.exists() and metrics.read_text().count('"event": "epoch"') >= 3, 180, "3 epochs", log)
+            cluster.kill(1)
+            killed_at = time.monotonic()
+            slurm.wait(lambda: slurm.node_states().get("host1", "").startswith("down"), 120, "host1's node to be down", log)
+            down_after = time.monotonic() - killed_at
+            slurm.start_slurmd(1)
+            assert slurm.wait_for_end(job_id, 400, log) == "COMPLETED", log.read_text()[-3000:]
+            print(f"host1's node down {down_after:.0f} s after the kill; job done {time.monotonic() - killed_at:.0f} s after it")
+    text = log.read_text()
+    assert "DUE TO NODE FAILURE" in text and f"strata: job {job_id} (restart 1) on host[0-1]" in text, text[-3000:]
+    events, reference = _events(run_dir), _events(uninterrupted[1])
+    starts = [e["resumed_at"] for e in events if e["event"] == "start"]
+    assert len(starts) == 2 and starts[0] == 0 < starts[1] and starts[1] % 12 == 0, starts
+    last_loss = {e["epoch"]: e["loss"] for e in events if e["event"] == "epoch"}
+    assert [last_loss[i] for i in range(EPOCHS)] == [e["loss"] for e in reference if e["event"] == "epoch"]
