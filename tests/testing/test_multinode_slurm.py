@@ -5,7 +5,9 @@ torchrun-mode job: srun starts one torchrun per node, the two meet at a c10d ren
 host0 across the 1 Gbit/s links, and the job trains to the end. With STRATA_SLOW_TESTS=1 the
 same job, stopped mid-run as ahead of its time limit (``scancel --signal=USR1 --batch``),
 checkpoints on both hosts, requeues itself (SLURM holds it ``cred_expire`` + 1 s) and resumes
-to the uninterrupted job's losses, epoch by epoch.
+to the uninterrupted job's losses, epoch by epoch; and a job that loses host1 (every process,
+slurmd too) fails over: the node is declared down, SLURM requeues the job, and once host1's
+slurmd is back it resumes to the same losses.
 
 Needs root (namespaces) and slurm-wlm + munge, which are installed with apt-get as for
 tests/ops/test_slurm.py; skipped, saying why, where neither is possible.
