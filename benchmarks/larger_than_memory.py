@@ -1,8 +1,9 @@
 """The larger-than-memory path through the command line, step by step, as a user runs it.
 
 ``strata ingest synthetic`` -> ``strata partition --method fennel`` -> ``strata pack`` ->
-``strata train`` (minibatch GraphSAGE, features served from the pack by the tiered store),
-each step a fresh process, then two timed epochs measured side by side in fresh processes:
+``strata train`` (minibatch GraphSAGE, features served from the pack by the tiered store, scored
+by the sampled evaluation on ``--eval-nodes`` nodes of each split), each step a fresh process,
+then two timed epochs measured side by side in fresh processes:
 
 * packed:  blocks and features from the pack (sequential reads), hot rows from the host
            cache, loaded ahead on a thread, the model trained on every batch
@@ -62,6 +63,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fanouts", default="10,5")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--eval-nodes", type=int, default=4000,
+                   help="train.eval_nodes: nodes of each split the sampled evaluation scores (0 = all)")
     p.add_argument("--host-cache", default="auto",
                    help="host budget of the tiered store (pack and train); auto = 1/16 of the features, at least 192MiB")
     p.add_argument("--baseline-steps", type=int, default=20, help="memmap batches timed (then extrapolated)")
@@ -104,34 +107,37 @@ def budgets(args: argparse.Namespace, nodes: int, edges: int) -> dict[str, int]:
     * ingest: per-node arrays (labels, the class order, the R-MAT ranking, the split
       permutation: 40 B a node) and one generation block (up to 65,536 nodes' features and
       edges through zarr's encoder, ~320 MiB when full); edges and features are written block by block.
-    * partition: the build holds the CSC (8 B an edge) and, part by part, the in-edges of the
-      part's owned and halo nodes while it cuts the induced subgraph (with random ids the halo
-      is most of the graph); measured 33 B an edge from 1.28M to 6.4M nodes; the streaming
-      assignment itself is O(N).
+    * partition: per-node arrays (:func:`strata.partitioners.build.build_memory_bytes`: the
+      row pointer, the assignment, a byte of halo marks per node and part, the rings (8 B a
+      halo node, replication under 2 for fennel), one part's id map and local rows) and one
+      chunk of 4M edges (~80 B an edge): the build streams the edges, the assignment is O(N).
     * pack: the CSC the sampler walks (8 B an edge + 8 B a node; measured ~8 B an edge from
       1.28M to 6.4M nodes), the access counts (8 B a node), the host-cache budget and one group's rows (the
       union of 32 steps' inputs and a segment being written: up to 1.25 x 32 batches), and
       a read of the feature array (zarr holds compressed and decoded chunks: 3 x 32 MiB).
-    * train: the CSC in strata's arrays and DGL's graph, and the full-graph evaluation after
-      each epoch (the runtime's evaluate_full_graph: every node's features, paged in from the
-      spilled copy, and hidden activations, ~16 x hidden x layers B a node): O(N x hidden).
+    * train: the CSC the evaluation's sampler walks (8 B an edge + 8 B a node, 4.6 GiB at full
+      size), labels and splits (16 B a node), the sampler's node map (4 B a node), the host
+      budget, the sampled evaluation's rows (a quarter of the host budget, at least 64 MiB) and
+      one evaluation batch's forward pass. Measured 1.02 GiB at 1.28M nodes and 1.60 GiB at
+      6.4M (host budget ~192 MiB): ~8 B an edge + ~30 B a node.
     """
     import numpy as np
 
     host = host_cache_bytes(args)
     base = 512 << 20
-    layers = len(args.fanouts.split(","))
     fanouts = [int(f) for f in args.fanouts.split(",")]
     steps = -(-int(args.train_fraction * nodes) // args.batch_size)
     # One pack group's rows: the union of up to 32 steps' inputs, each at most batch x prod(1 + fanout).
     # A read of the feature array: zarr holds its compressed and decoded chunks at once, up to 3 x 32 MiB.
     reads = 3 * min(nodes * args.feat_dim * 4, 32 << 20)
     group_rows = min(nodes, min(32, steps) * args.batch_size * int(np.prod([1 + f for f in fanouts])))
+    # A sampled evaluation batch's forward pass: its inputs' rows and hidden activations, twice over.
+    eval_batch = min(nodes, args.batch_size * int(np.prod([1 + f for f in fanouts]))) * (args.feat_dim + 2 * args.hidden) * 8
     return {
         "ingest": base + 40 * nodes + (320 << 20) * min(nodes, 65_536) // 65_536,
-        "partition": base + 32 * nodes + 36 * edges,
+        "partition": base + (25 + args.parts + 48 // args.parts) * nodes + 80 * min(edges, 1 << 22),
         "pack": base + 24 * nodes + 10 * edges + host + group_rows * args.feat_dim * 5 + reads,
-        "train": base + host + reads + 24 * (nodes + edges) + nodes * (4 * args.feat_dim + 16 * args.hidden * layers),
+        "train": base + host + max(64 << 20, host // 4) + reads + 8 * edges + 32 * nodes + eval_batch,
     }
 
 
@@ -184,7 +190,7 @@ def train_config(args: argparse.Namespace, p: dict[str, Path]) -> str:
         f"name: larger-than-memory\nrun_dir: {p['run']}\ndata:\n  store: {p['store']}\n"
         f"model:\n  name: sage\n  hidden: {args.hidden}\n  num_layers: {len(args.fanouts.split(','))}\n  dropout: 0.0\n"
         f"train:\n  mode: minibatch\n  epochs: 1\n  lr: 0.003\n  weight_decay: 0.0\n  batch_size: {args.batch_size}\n"
-        f"  fanouts: [{fanouts}]\n  seed: 0\n"
+        f"  fanouts: [{fanouts}]\n  seed: 0\n  eval: sampled\n  eval_nodes: {args.eval_nodes}\n"
         f"features:\n  mode: packed\n  host_cache_bytes: {host_cache_bytes(args)}\n  pack_dir: {p['pack']}\n"
     )
 

@@ -10,15 +10,17 @@ with ``train.fanouts`` by the training sampler, the way minibatch training sees 
   same for the whole run;
 * the neighbourhoods: drawn from ``step_seed(seed, EVAL, split, batch)``, the same at every
   evaluation, so scores of different epochs differ only by the weights;
-* the features: the batches are taken in groups whose input rows fit ``table_bytes``; a
+* the features: the batches are taken in groups whose distinct input rows fit ``table_bytes``; a
   group's rows are read in one pass of sorted chunk runs from the store
   (:class:`strata.storage.rows.ChunkedRows`; from memory when the features are loaded), never
   row by row. When every group fits in one, the rows and batches are kept between
   evaluations and only the forward passes are repeated.
 
 With several processes each rank scores every world-size-th batch and the sums are all-reduced.
-Memory: the graph's CSC (which training holds already), ``table_bytes`` of rows and one
-group's sampled batches.
+Memory: the graph's CSC (which training holds already), ``table_bytes`` of rows, one
+group's sampled batches and a byte a node to count their distinct inputs. With random node
+ids every group's rows are spread over the whole feature array, so each group costs a read of
+most of it: size ``train.eval_nodes`` and the host budget so that one group holds them all.
 """
 
 from __future__ import annotations
@@ -106,21 +108,24 @@ class SampledEvaluation:
             yield from self._kept
             return
         pending: list[tuple[str, SampledBatch]] = []
-        inputs = 0
-        made: list[_Group] = []
+        listed = np.zeros(self.sampler.sampler.num_nodes, dtype=bool)  # (N,) inputs of the pending batches
+        rows = 0  # distinct inputs of the pending batches
+        groups = 0
         for name, b in self._mine():
             batch = self._sample(name, b)
-            if pending and inputs + len(batch.input_nodes) > self.max_rows:
-                made.append(self._read(pending))
-                yield made[-1]
-                pending, inputs = [], 0
+            new = int(np.count_nonzero(~listed[batch.input_nodes]))
+            if pending and rows + new > self.max_rows:
+                groups += 1
+                yield self._read(pending)  # not kept: only one group's rows are held at once
+                listed[:] = False
+                pending, rows, new = [], 0, len(batch.input_nodes)
             pending.append((name, batch))
-            inputs += len(batch.input_nodes)
-        if pending or not made:
-            made.append(self._read(pending))
-            yield made[-1]
-        if len(made) == 1:
-            self._kept = made
+            listed[batch.input_nodes] = True
+            rows += new
+        last = self._read(pending)
+        if groups == 0:
+            self._kept = [last]
+        yield last
 
     def _read(self, batches: list[tuple[str, SampledBatch]]) -> _Group:
         wanted = np.unique(np.concatenate([batch.input_nodes for _, batch in batches])) if batches else np.empty(0, np.int64)
