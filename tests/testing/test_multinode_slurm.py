@@ -167,6 +167,8 @@ def test_a_host_killed_under_slurm_fails_its_node_and_the_requeued_job_resumes_t
     assert "DUE TO NODE FAILURE" in text and f"strata: job {job_id} (restart 1) on host[0-1]" in text, text[-3000:]
     events, reference = _events(run_dir), _events(uninterrupted[1])
     starts = [e["resumed_at"] for e in events if e["event"] == "start"]
-    assert len(starts) == 2 and starts[0] == 0 < starts[1] and starts[1] % 12 == 0, starts
+    # A requeued job may be requeued again (a launch while the node returns): every later start resumes.
+    assert len(starts) >= 2 and starts[0] == 0 and all(at > 0 and at % 12 == 0 for at in starts[1:]), (starts, text[-3000:])
+    assert len([e for e in events if e["event"] == "end"]) == 1, text[-3000:]
     last_loss = {e["epoch"]: e["loss"] for e in events if e["event"] == "epoch"}
-    assert [last_loss[i] for i in range(EPOCHS)] == [e["loss"] for e in reference if e["event"] == "epoch"]
+    assert [last_loss[i] for i in range(EPOCHS)] == [e["loss"] for e in reference if e["event"] == "epoch"], starts
