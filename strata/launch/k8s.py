@@ -321,7 +321,11 @@ def _configmap(cfg: K8sConfig, name: str, config: dict[str, Any]) -> dict[str, A
 def _pytorchjob(cfg: K8sConfig, name: str) -> dict[str, Any]:
     # The operator reads the master (or rendezvous) port from the port named pytorchjob-port.
     rdzv_port = [{"name": "pytorchjob-port", "containerPort": cfg.master_port, "protocol": "TCP"}]
-    container = _container(cfg, "pytorch", _torchrun(f"--nproc-per-node={cfg.procs_per_node}"), [], rdzv_port)
+    # A restarted pod's agent joins agents that survived. With torch's shared rendezvous store the
+    # survivors never publish the workers' MASTER_ADDR again, so the newcomer waits for it until it
+    # times out (docs/reliability.md, "Many hosts"): each round gets its own store instead.
+    env = [{"name": "TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "value": "1"}] if cfg.max_restarts else []
+    container = _container(cfg, "pytorch", _torchrun(f"--nproc-per-node={cfg.procs_per_node}"), env, rdzv_port)
 
     def replica(count: int) -> dict[str, Any]:
         return {

@@ -340,6 +340,8 @@ def test_pytorchjob_pods_get_their_ranks_from_the_operator_env_through_torchrun(
     (doc,) = _documents({"p": [k8s.manifests(cfg, "demo", k8s.pod_config(JOB, cfg, "demo"))["pytorchjob.yaml"][0]]})
     pods = _pytorchjob_pods(doc)
     assert len(pods) == 2
+    # Elastic pods replaced one at a time need a rendezvous store per round (docs/reliability.md).
+    assert all((env.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == "1") == bool(max_restarts) for _, env in pods)
     if not max_restarts:
         assert [(e["RANK"], e["WORLD_SIZE"], e["PET_NNODES"]) for _, e in pods] == [("0", "4", "2"), ("1", "4", "2")]
     workers = _run_torchrun_pods(pods, {"localhost", "demo-master-0", "demo-worker-0"}, tmp_path)
