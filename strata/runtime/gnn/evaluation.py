@@ -45,6 +45,7 @@ from strata.storage.featstore.config import FeaturesConfig
 from strata.storage.featstore.sampling import NeighbourSampler, SampledBatch
 from strata.storage.rows import ChunkedRows, normalize_rows
 from strata.storage.seeds import step_seed
+from strata.storage.sorted_unique import sorted_unique
 from strata.storage.store import DatasetStore
 
 EVAL = 2
@@ -128,7 +129,7 @@ class SampledEvaluation:
         yield last
 
     def _read(self, batches: list[tuple[str, SampledBatch]]) -> _Group:
-        wanted = np.unique(np.concatenate([batch.input_nodes for _, batch in batches])) if batches else np.empty(0, np.int64)
+        wanted = sorted_unique(np.concatenate([batch.input_nodes for _, batch in batches])) if batches else np.empty(0, np.int64)
         table = torch.from_numpy(np.ascontiguousarray(self.rows(wanted), dtype=np.float32))
         if self.normalize:
             table = normalize_rows(table)
