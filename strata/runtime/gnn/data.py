@@ -10,7 +10,6 @@ from torch import Tensor
 
 from strata.graph.block import Block
 from strata.graph.csc import with_self_loops
-from strata.partitioners.graph import StoreGraph
 from strata.runtime.config import DataConfig
 from strata.storage import layout
 from strata.storage.rows import normalize_rows
@@ -58,9 +57,7 @@ def load_node_data(cfg: DataConfig, *, self_loops: bool, load_features: bool = T
     :func:`spilled_features`) for a full-graph evaluation, or with ``spill=False`` not at all
     (``feat`` is then (N, 0): a sampled evaluation reads its rows from the store too)."""
     store = DatasetStore.open(cfg.store)
-    # Filled block by block: reading graph/indices whole holds every compressed chunk beside the
-    # decoded array (2 GiB over the 4.1 GiB of int64 ids at 514M edges).
-    indptr, indices = StoreGraph(store).csc()
+    indptr, indices = store.csc()
     if load_features:
         feat = torch.from_numpy(store.features())
         if cfg.normalize_features:
