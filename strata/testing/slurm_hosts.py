@@ -54,31 +54,21 @@ def missing_commands() -> list[str]:
     return [c for c in COMMANDS if not (shutil.which(c) or shutil.which(c, path="/usr/sbin:/sbin"))]
 
 
-def slurm_conf(
-    cluster: Cluster, root: Path, *, cpus_per_node: int, cred_expire: int = 15, extra: dict[str, object] | None = None,
-    ctld_port: int = 6817, slurmd_port: int = 6818,
-) -> str:
-    """slurm.conf for ``cluster``: slurmctld on host0, a node per host under its address, one
-    partition ``hosts`` of them all; state, spool and pid files under ``root``.
+def daemon_settings(munge_socket: Path, *, cred_expire: int, ctld_port: int, slurmd_port: int) -> dict[str, object]:
+    """The slurm.conf settings of a SLURM that runs as root on one machine's cores, without
+    systemd, cgroups or accounting (a container, or namespaces of one): munge auth on
+    ``munge_socket``, the daemons' ports, plain process tracking, CPU scheduling.
 
     ``cred_expire`` is a job step credential's lifetime, and SLURM holds a requeued job for that
-    long plus a second before it may start again (BeginTime): 121 s with SLURM's default 120.
-    ``extra`` adds or replaces settings (e.g. ``SlurmdTimeout``)."""
-    head = cluster.host(0)
-    settings = {
-        "ClusterName": f"strata{cluster.tag}",
-        "SlurmctldHost": f"{head.name}({head.address})",
+    long plus a second before it may start again (BeginTime): 121 s with SLURM's default 120."""
+    return {
         "SlurmctldPort": ctld_port,
         "SlurmdPort": slurmd_port,
         "SlurmUser": "root",
         "SlurmdUser": "root",
         "AuthType": "auth/munge",
         "CredType": "cred/munge",
-        "AuthInfo": f"socket={root / 'munge.sock'},cred_expire={cred_expire}",
-        "StateSaveLocation": root / "state",
-        "SlurmdSpoolDir": root / "spool" / "%n",
-        "SlurmctldPidFile": root / "slurmctld.pid",
-        "SlurmdPidFile": root / "slurmd-%n.pid",
+        "AuthInfo": f"socket={munge_socket},cred_expire={cred_expire}",
         "ProctrackType": "proctrack/linuxproc",
         "TaskPlugin": "task/none",
         "JobAcctGatherType": "jobacct_gather/none",
@@ -89,8 +79,29 @@ def slurm_conf(
         "SchedulerType": "sched/builtin",
         "ReturnToService": 2,
         "KillWait": 5,
-        # The hosts share this machine's cores: a node may declare more CPUs than it has.
+        # Nodes may declare more CPUs than the machine has cores (several share them).
         "SlurmdParameters": "config_overrides",
+    }
+
+
+def slurm_conf(
+    cluster: Cluster, root: Path, *, cpus_per_node: int, cred_expire: int = 15, extra: dict[str, object] | None = None,
+    ctld_port: int = 6817, slurmd_port: int = 6818,
+) -> str:
+    """slurm.conf for ``cluster``: slurmctld on host0, a node per host under its address, one
+    partition ``hosts`` of them all; state, spool and pid files under ``root``.
+
+    ``cred_expire``: see :func:`daemon_settings`. ``extra`` adds or replaces settings (e.g.
+    ``SlurmdTimeout``)."""
+    head = cluster.host(0)
+    settings = {
+        "ClusterName": f"strata{cluster.tag}",
+        "SlurmctldHost": f"{head.name}({head.address})",
+        **daemon_settings(root / "munge.sock", cred_expire=cred_expire, ctld_port=ctld_port, slurmd_port=slurmd_port),
+        "StateSaveLocation": root / "state",
+        "SlurmdSpoolDir": root / "spool" / "%n",
+        "SlurmctldPidFile": root / "slurmctld.pid",
+        "SlurmdPidFile": root / "slurmd-%n.pid",
     }
     lines = [f"{key}={value}" for key, value in {**settings, **(extra or {})}.items()]
     lines += [f"NodeName={h.name} NodeAddr={h.address} CPUs={cpus_per_node} State=UNKNOWN" for h in cluster.hosts]

@@ -26,6 +26,7 @@ import pytest
 
 from strata.storage import checkpoint
 from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
+from strata.testing.slurm_hosts import daemon_settings
 from tests.helpers.cli import run_strata
 from tests.helpers.ports import free_port
 from tests.helpers.servers import require_commands, server
@@ -47,31 +48,11 @@ def _slurm_conf(root: Path, host: str, ctld_port: int, slurmd_port: int, socket_
     settings = {
         "ClusterName": "stratatest",
         "SlurmctldHost": f"{host}(127.0.0.1)",
-        "SlurmctldPort": ctld_port,
-        "SlurmdPort": slurmd_port,
-        "SlurmUser": "root",
-        "SlurmdUser": "root",
-        "AuthType": "auth/munge",
-        "CredType": "cred/munge",
-        # A requeued job is held for the credential's lifetime plus a second (121 s by default).
-        "AuthInfo": f"socket={socket_path},cred_expire=15",
+        **daemon_settings(socket_path, cred_expire=15, ctld_port=ctld_port, slurmd_port=slurmd_port),
         "StateSaveLocation": root / "state",
         "SlurmdSpoolDir": root / "spool",
         "SlurmctldPidFile": root / "slurmctld.pid",
         "SlurmdPidFile": root / "slurmd.pid",
-        # No cgroups, no accounting: what a container without systemd allows.
-        "ProctrackType": "proctrack/linuxproc",
-        "TaskPlugin": "task/none",
-        "JobAcctGatherType": "jobacct_gather/none",
-        "AccountingStorageType": "accounting_storage/none",
-        "MpiDefault": "none",
-        "SelectType": "select/cons_tres",
-        "SelectTypeParameters": "CR_CPU",
-        "SchedulerType": "sched/builtin",
-        "ReturnToService": 2,
-        "KillWait": 5,
-        # The node may declare more CPUs than this machine has cores: 2 tasks fit on 2 cores.
-        "SlurmdParameters": "config_overrides",
     }
     lines = [f"{key}={value}" for key, value in settings.items()]
     lines.append(f"NodeName={host} NodeAddr=127.0.0.1 CPUs=4 State=UNKNOWN")
