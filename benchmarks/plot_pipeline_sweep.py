@@ -3,8 +3,9 @@
 Reads one or more of the benchmark's JSON reports (each ``--link`` sweep, depth or repeat may be
 its own file), and draws, for every depth found, one panel: epoch time (median of the timed
 epochs) of each executor against the hosts' link rate on a log axis, with the unshaped link
-placed one decade right of the fastest shaped rate. A point measured in several files is
-plotted at the median of its measurements, each measurement shown as a small dot. Where an
+placed one decade right of the fastest shaped rate. A point measured in several files (repeats)
+is plotted at the median of all their timed epochs pooled (what docs/benchmarks.md tabulates),
+each run's own median shown as a small dot. Where an
 executor's line crosses graph_parallel's, the crossing (interpolated in log rate) is marked
 and labelled; where it does not, the panel says which is faster at every rate measured.
 
@@ -26,15 +27,21 @@ EXECUTORS = ("graph_parallel", "layer_pipeline", "hybrid")
 COLOURS = {"graph_parallel": "tab:blue", "layer_pipeline": "tab:orange", "hybrid": "tab:green"}
 
 
-def load_points(paths: list[Path]) -> tuple[dict[int, dict[str, dict[float | None, list[float]]]], dict]:
-    """(depth -> executor -> link rate in bit/s (None: unshaped) -> epoch times measured, the first report's context)."""
-    points: dict[int, dict[str, dict[float | None, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+Points = dict[int, dict[str, dict[float | None, list[tuple[float, list[float]]]]]]
+
+
+def load_points(paths: list[Path]) -> tuple[Points, dict]:
+    """(depth -> executor -> link rate in bit/s (None: unshaped) -> each run's (median epoch
+    time, its timed epochs), the first report's context)."""
+    points: Points = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     for path in paths:
         report = json.loads(path.read_text())
         if report.get("benchmark") != "pipeline_vs_graph_parallel" or not report.get("context", {}).get("hosts"):
             raise SystemExit(f"{path} is not a report of pipeline_vs_graph_parallel.py --hosts N --json PATH")
+        timed = report["context"]["timed_epochs"]
         for figures in report["methods"].values():
-            points[figures["layers"]][figures["executor"]][figures["link_bits_per_second"]].append(figures["epoch_seconds"])
+            run = (figures["epoch_seconds"], figures["epoch_seconds_all"][-timed:])
+            points[figures["layers"]][figures["executor"]][figures["link_bits_per_second"]].append(run)
     return points, json.loads(paths[0].read_text())["context"]
 
 
@@ -85,12 +92,12 @@ def draw(points: dict, context: dict, out: Path) -> None:
             runs = by_executor[name]
             rates = sorted(runs, key=lambda r: _position(r, unshaped_at))
             xs = [_position(r, unshaped_at) for r in rates]
-            ys = [statistics.median(runs[r]) for r in rates]
+            ys = [statistics.median([t for _, epochs in runs[r] for t in epochs]) for r in rates]
             medians[name] = dict(zip(xs, ys))
             ax.plot(xs, ys, "o-", color=COLOURS[name], label=labels[name])
             for x, r in zip(xs, rates):
                 if len(runs[r]) > 1:
-                    ax.plot([x] * len(runs[r]), runs[r], ".", color=COLOURS[name], alpha=0.5)
+                    ax.plot([x] * len(runs[r]), [m for m, _ in runs[r]], ".", color=COLOURS[name], alpha=0.5)
         _mark_crossings(ax, medians, unshaped_at)
         ticks = shaped + ([unshaped_at] if any(None in runs for runs in by_executor.values()) else [])
         ax.set_xscale("log")
