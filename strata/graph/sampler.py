@@ -148,17 +148,14 @@ class TorchSampler:
 
     @staticmethod
     def _relabel(node_map: Tensor, src: Tensor, num_known: int) -> tuple[Tensor, Tensor]:
-        """Local ids of ``src`` (E,) and the new nodes among them, numbered from ``num_known``
-        in ascending global id.
+        """Local ids of ``src`` (E,) and the new nodes among them, numbered from ``num_known``.
 
         ``node_map`` holds the local id of each of the ``num_known`` nodes already in the batch
         and ABSENT elsewhere. Edge j writes the code ``-(1 + j)`` into its node's entry keeping
         the larger value (``amax``), so a known node keeps its id and a new node ends with the
         code of its first edge: the edges that find their own code there are each new node's
-        first appearance. A max is independent of the order of the writes, so CPU and CUDA
-        agree. The new nodes are numbered in id order, so gathering their feature rows walks
-        the matrix forwards (measured 1.6x faster than in appearance order on a 200k-node
-        graph).
+        first appearance, in edge order. A max is independent of the order of the writes, so
+        CPU and CUDA agree.
         """
         num_edges = len(src)
         if num_edges >= -ABSENT:
@@ -166,7 +163,7 @@ class TorchSampler:
         codes = -1 - torch.arange(num_edges, dtype=torch.int32, device=src.device)
         node_map.scatter_reduce_(0, src, codes, "amax")
         first = (node_map.index_select(0, src) == codes).nonzero().squeeze(1)
-        new = src.index_select(0, first).sort().values
+        new = src.index_select(0, first)
         node_map[new] = torch.arange(num_known, num_known + len(new), dtype=torch.int32, device=src.device)
         return node_map.index_select(0, src).to(torch.int64), new
 

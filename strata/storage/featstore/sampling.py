@@ -30,9 +30,9 @@ from strata.graph.sampler import SampledBlocks, TorchSampler
 from strata.storage.seeds import step_seed
 
 SHUFFLE, SAMPLE = 0, 1
-SAMPLER_VERSION = "strata-uniform-v3"
+SAMPLER_VERSION = "strata-uniform-v2"
 """Names the sampling algorithm; part of a pack's fingerprint, bumped whenever results change
-(v2: torch's generator; v3: each hop's new nodes in ascending id; older packs are refused)."""
+(v2: torch's generator and first-appearance order of new nodes; v1 packs are refused)."""
 
 
 @dataclass
