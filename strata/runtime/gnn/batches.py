@@ -117,8 +117,8 @@ class SampledBatches:
     deterministic per (seed, epoch, step), whatever the number of threads or processes.
 
     ``prefetch`` > 0 samples and gathers that many batches ahead on one background thread. It
-    is off by default: on 2 CPU cores a 200k-node GraphSAGE loop trained 0.8x as many seeds per
-    second with it (the two threads contend for the GIL and memory bandwidth; see
+    is off by default: on 2 CPU cores a 200k-node GraphSAGE loop trained 0.85-0.97x as many seeds
+    per second with it (the two threads contend for the GIL and memory bandwidth; see
     ``benchmarks/sampler.py --prefetch``)."""
 
     def __init__(self, data: NodeData, cfg: TrainConfig, num_graph_layers: int, *, prefetch: int = 0) -> None:
