@@ -26,13 +26,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from strata.testing.cluster import Cluster
 from strata.testing.netns import ClusterError
+from strata.testing.polling import poll
 
 __all__ = ["COMMANDS", "SlurmHosts", "missing_commands", "slurm_conf"]
 
@@ -229,16 +229,12 @@ class SlurmHosts:
     def wait(self, check: Callable[[], object], timeout: float, what: str, log: Path | None = None):
         """``check()``'s first true value, polled; after ``timeout`` a ClusterError naming ``what``
         with the tail of ``log`` (or of every daemon's log)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                logs = [log] if log else sorted(self.root.glob("*.out"))
-                detail = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in logs if p.exists())
-                raise ClusterError(f"timed out after {timeout:g}s waiting for {what}\n{detail}")
-            time.sleep(0.25)
+        value = poll(check, timeout)
+        if not value:
+            logs = [log] if log else sorted(self.root.glob("*.out"))
+            detail = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in logs if p.exists())
+            raise ClusterError(f"timed out after {timeout:g}s waiting for {what}\n{detail}")
+        return value
 
     # -- internals -------------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from prometheus_client.exposition import push_to_gateway, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
+from strata.testing.polling import poll
 from tests.helpers.paths import REPO
 from tests.helpers.ports import free_port
 from tests.helpers.servers import http_get, http_ready, require_commands, server, stop
@@ -76,14 +77,12 @@ def _by_rank(results: list[dict[str, Any]], job: str) -> dict[str, float]:
 
 
 def _wait(what: str, check, timeout: float, alive=lambda: True) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
+    def still_alive() -> None:
         assert alive(), f"training ended before {what}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
+
+    value = poll(check, timeout, interval=0.5, alive=still_alive)
+    assert value, f"timed out waiting for {what}"
+    return value
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,6 +25,7 @@ import pytest
 
 from strata.storage import checkpoint
 from strata.storage.ingest.synthetic import SyntheticGraphConfig, write_synthetic
+from strata.testing.polling import poll
 from strata.testing.slurm_hosts import daemon_settings
 from tests.helpers.cli import run_strata
 from tests.helpers.ports import free_port
@@ -104,15 +104,11 @@ def _state(job_id: str, env: dict[str, str]) -> str:
 
 
 def _wait(check, timeout: float, what: str, env: dict[str, str], log: Path | None = None):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            detail = log.read_text()[-3000:] if log is not None and log.exists() else ""
-            raise AssertionError(f"timed out waiting for {what}; queue {_queue(env)}\n{detail}")
-        time.sleep(0.25)
+    value = poll(check, timeout)
+    if not value:
+        detail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+        raise AssertionError(f"timed out waiting for {what}; queue {_queue(env)}\n{detail}")
+    return value
 
 
 def _submit(workdir: Path, env: dict[str, str], *args: str) -> str:
