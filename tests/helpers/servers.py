@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -14,6 +13,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from strata.testing.polling import poll
 
 # Debian's convention for "do not start services from maintainer scripts" (invoke-rc.d).
 _POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
@@ -86,13 +87,12 @@ def server(
     handle = log.open("wb")
     proc = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env)
     try:
-        deadline = time.monotonic() + timeout
-        while not ready():
+        def running() -> None:
             if proc.poll() is not None:
                 raise AssertionError(f"{argv[0]} exited with {proc.returncode} before it was ready:\n{log.read_text()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{argv[0]} was not ready within {timeout:g}s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+
+        if not poll(ready, timeout, interval=0.2, alive=running):
+            raise AssertionError(f"{argv[0]} was not ready within {timeout:g}s:\n{log.read_text()[-3000:]}")
         yield proc
     finally:
         stop(proc)

@@ -7,23 +7,22 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from strata.launch.cli import main
 from strata.storage import fs, layout
+from strata.testing.polling import poll
 
 
 def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
+    def running() -> None:
         if proc.poll() is not None:
             raise AssertionError(f"the training ended before {what}: {proc.communicate()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
+
+    if not poll(predicate, timeout, interval=0.1, alive=running):
+        raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_an_overwrite_is_refused_while_a_training_reads_the_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
