@@ -3,7 +3,8 @@
 PyPI's dgl 2.1.0 ships its GraphBolt C++ library only for torch 2.0-2.2, and ``import dgl``
 under a newer torch fails inside ``dgl.graphbolt``. strata uses DGL's core (graphs, blocks,
 neighbour samplers, ``dgl.nn`` layers, METIS), which works once ``dgl.graphbolt`` is kept
-from loading. Every other module does ``from strata._dgl import dgl``.
+from loading. Every other module does ``from strata._dgl import dgl`` (or ``DGLBlock``, the class
+of a block made from a raw graph index).
 """
 
 from __future__ import annotations
@@ -48,5 +49,6 @@ def _import_dgl() -> types.ModuleType:
 
 
 dgl = _import_dgl()
+from dgl.heterograph import DGLBlock  # noqa: E402  (after the graphbolt guard above)
 
-__all__ = ["dgl"]
+__all__ = ["DGLBlock", "dgl"]

@@ -34,7 +34,7 @@ for case in CASES:
     got = run_case(case, block, inputs, kernels=None, dropout=False)
     assert_rel_close(got, reference_case(case, block, inputs), what=case.name)
     run_case(case, block, inputs, kernels=None)  # with attention dropout too
-assert "torch_sparse_plan" in block._cache and "dgl_block" not in block._cache
+assert "torch_sparse_plan" in block._cache and not any(key.startswith("dgl_block") for key in block._cache)
 with pytest.raises(ConfigError, match="kernels='dgl', but DGL does not import here: install dgl==2.1.0"):
     ops.copy_sum(block, torch.randn(60, 4), kernels="dgl")
 assert not any(name == "dgl" or name.startswith("dgl.") for name in sys.modules), "something imported DGL"
