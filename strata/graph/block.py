@@ -50,6 +50,15 @@ def _ids(value: Any, name: str) -> Tensor:
     return tensor.to(torch.int64)
 
 
+def _int32_or_ids(value: Any, name: str, keep_int32: bool) -> Tensor:
+    """``value`` as :func:`_ids` gives it, but int32 kept as it is (shared) where ``keep_int32``."""
+    if keep_int32:
+        tensor = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else torch.as_tensor(value)
+        if tensor.dtype == torch.int32:
+            return tensor
+    return _ids(value, name)
+
+
 @dataclass(eq=False)
 class Block:
     """CSC graph tensors from ``num_src`` src nodes to ``num_dst`` dst nodes (dst nodes first)."""
@@ -57,7 +66,10 @@ class Block:
     indptr: Tensor
     """(num_dst + 1,) int64: dst node v's in-edges are ``indices[indptr[v]:indptr[v + 1]]``."""
     indices: Tensor
-    """(E,) int64: the src node of each edge."""
+    """(E,) int64: the src node of each edge. A whole graph (``num_src == num_dst``, no ids
+    carried) that samplers walk may hold int32 ids instead, half the bytes of the largest array
+    of a big graph (:meth:`from_csc` with ``compact=True``); kernels compute on int64 indices and
+    refuse such a Block (:meth:`cached`), :meth:`with_int64_indices` gives them the copy."""
     num_src: int
     """Number of src nodes; at least ``num_dst``, as the dst nodes are the first src nodes."""
     num_dst: int
@@ -84,28 +96,34 @@ class Block:
             tensor = getattr(self, name)
             if tensor is None:
                 continue
-            if tensor.dtype != torch.int64 or tensor.dim() != 1:
+            if tensor.dim() != 1 or (tensor.dtype != torch.int64 and not (name == "indices" and tensor.dtype == torch.int32)):
                 raise TypeError(f"Block.{name} must be a 1-D int64 tensor, got {tensor.dtype} of shape {tuple(tensor.shape)}")
             if shape is not None and tuple(tensor.shape) != shape:
                 raise ValueError(f"Block.{name} must have shape {shape} for {self.num_src} src and {self.num_dst} dst "
                                  f"nodes, got {tuple(tensor.shape)}")
             if tensor.device != device:
                 raise ValueError(f"Block.{name} is on {tensor.device} but indptr is on {device}: keep a Block on one device")
+        if self.is_compact and (self.num_src != self.num_dst or self.src_ids is not None or self.dst_ids is not None):
+            raise TypeError(f"Block.indices may be int32 only in a whole graph that samplers walk (num_src == num_dst, no "
+                            f"ids carried); this Block has {self.num_src} src and {self.num_dst} dst nodes"
+                            f"{' and carries ids' if self.src_ids is not None or self.dst_ids is not None else ''}: give it int64 indices")
 
     # -- constructors ---------------------------------------------------------------------------
 
     @classmethod
     def from_csc(
         cls, indptr: Any, indices: Any, *, num_src: int | None = None, src_ids: Any = None, dst_ids: Any = None,
-        out_deg: Any = None, in_deg: Any = None, check: bool = True,
+        out_deg: Any = None, in_deg: Any = None, check: bool = True, compact: bool = False,
     ) -> Block:
         """A Block over a CSC (numpy arrays or tensors; int64 numpy memory is shared, not copied).
 
         Without ``num_src`` it is the full graph of ``len(indptr) - 1`` nodes. ``check`` reads
         the values once (indptr starts at 0, ascends and ends at the edge count; every src id is
-        below ``num_src``): leave it on for data from outside.
+        below ``num_src``): leave it on for data from outside. ``compact`` keeps int32
+        ``indices`` as they are (shared, not widened): a whole graph for samplers to walk, which
+        kernels refuse (see :attr:`indices`); other integer types are widened to int64 as usual.
         """
-        indptr_t, indices_t = _ids(indptr, "indptr"), _ids(indices, "indices")
+        indptr_t, indices_t = _ids(indptr, "indptr"), _int32_or_ids(indices, "indices", compact)
         num_dst = len(indptr_t) - 1
         block = cls(
             indptr_t, indices_t, num_dst if num_src is None else int(num_src), num_dst,
@@ -160,6 +178,19 @@ class Block:
     def device(self) -> torch.device:
         return self.indptr.device
 
+    @property
+    def is_compact(self) -> bool:
+        """Whether the indices are int32: a whole graph for samplers, not for kernels."""
+        return self.indices.dtype == torch.int32
+
+    def with_int64_indices(self) -> Block:
+        """This Block with int64 indices, as kernels need them: itself where they are already,
+        else a copy of the indices (8 bytes an edge; the other tensors are shared)."""
+        if not self.is_compact:
+            return self
+        return Block(self.indptr, self.indices.to(torch.int64), self.num_src, self.num_dst,
+                     self.src_ids, self.dst_ids, self.out_deg, self.in_deg)
+
     def dst_rows(self, h: Tensor) -> Tensor:
         """The rows of src features ``h`` that belong to dst nodes.  (num_dst, ...)"""
         return h[: self.num_dst]
@@ -168,7 +199,7 @@ class Block:
         """(num_src,) int64: ``out_deg`` where carried, else each src node's out-edges in this Block."""
         if self.out_deg is not None:
             return self.out_deg
-        return self.cached("local_out_deg", lambda: torch.bincount(self.indices, minlength=self.num_src))
+        return self._memo("local_out_deg", lambda: torch.bincount(self.indices, minlength=self.num_src))
 
     def dst_degrees(self) -> Tensor:
         """(num_dst,) int64: ``in_deg`` where carried, else each dst node's in-edges in this Block."""
@@ -176,7 +207,7 @@ class Block:
 
     def local_in_degrees(self) -> Tensor:
         """(num_dst,) int64: each dst node's in-edges in this Block (mean aggregation divides by these)."""
-        return self.cached("local_in_deg", lambda: self.indptr.diff())
+        return self._memo("local_in_deg", lambda: self.indptr.diff())
 
     def edge_dst(self) -> Tensor:
         """(E,) int64: the dst node of each edge."""
@@ -197,7 +228,15 @@ class Block:
         return Csr(indptr, self.edge_dst()[order], order)
 
     def cached(self, key: str, build: Any) -> Any:
-        """The kernels' cache: ``build()`` once per Block and key."""
+        """The kernels' cache: ``build()`` once per Block and key. Every kernel derives its
+        structures here, so a compact Block (int32 indices, which DGL's kernels cannot take
+        beside an int64 row pointer) is refused here, naming the cast."""
+        if self.is_compact:
+            raise TypeError(f"{self!r} has int32 indices: it is a whole graph kept compact for samplers to walk; "
+                            "kernels compute on int64 indices: use block.with_int64_indices() (a copy, 8 bytes an edge)")
+        return self._memo(key, build)
+
+    def _memo(self, key: str, build: Any) -> Any:
         if key not in self._cache:
             self._cache[key] = build()
         return self._cache[key]

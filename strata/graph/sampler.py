@@ -74,10 +74,18 @@ def _as_ids(value: Any, device: torch.device | None = None) -> Tensor:
     return tensor.to(device=device, dtype=torch.int64)
 
 
+def _as_src_ids(value: Any, device: torch.device | None = None) -> Tensor:
+    """The CSC's src ids as they are where int32 (a graph under 2**31 nodes kept at 4 bytes an
+    edge: it is only read through ``index_select``), else as int64."""
+    tensor = value if isinstance(value, Tensor) else torch.as_tensor(value)
+    return tensor.to(device=device, dtype=torch.int32 if tensor.dtype == torch.int32 else torch.int64)
+
+
 class TorchSampler:
     """Uniform neighbour sampling without replacement, in torch, on the CSC's device.
 
-    ``indptr`` and ``indices`` (numpy int64 arrays are shared, not copied) are the in-edges of
+    ``indptr`` and ``indices`` (numpy int64 arrays are shared, not copied; int32 ``indices``
+    are shared and walked as they are, half the memory, the same neighbours) are the in-edges of
     every node: node v's are ``indices[indptr[v]:indptr[v + 1]]``. ``fanouts`` are per layer,
     input layer first. Several threads may sample at once: each borrows its own node map (4
     bytes per graph node, kept for the next batches).
@@ -85,7 +93,7 @@ class TorchSampler:
 
     def __init__(self, indptr: Any, indices: Any, fanouts: Sequence[int]) -> None:
         self.indptr = _as_ids(indptr)
-        self.indices = _as_ids(indices, self.indptr.device)
+        self.indices = _as_src_ids(indices, self.indptr.device)
         self.fanouts = _check_fanouts(fanouts)
         self.num_nodes = len(self.indptr) - 1
         self._free_maps: list[Tensor] = []  # node -> local id maps, all ABSENT, for the next batches
@@ -144,7 +152,7 @@ class TorchSampler:
                 picked = floyd_sample(degrees.index_select(0, big), fanout, generator)  # (num_big, fanout)
                 slots = out_indptr.index_select(0, big).unsqueeze(1) + torch.arange(fanout, device=self.device)
                 edge_pos[slots.view(-1)] = (picked + starts.index_select(0, big).unsqueeze(1)).view(-1)
-        return out_indptr, self.indices.index_select(0, edge_pos)
+        return out_indptr, self.indices.index_select(0, edge_pos).to(torch.int64)
 
     @staticmethod
     def _relabel(node_map: Tensor, src: Tensor, num_known: int) -> tuple[Tensor, Tensor]:

@@ -162,12 +162,15 @@ class NeighbourSampler:
     algorithm for nodes with more in-edges than the fanout, so hubs cost no more than anyone
     else; the chosen edges keep their CSC order); this class keeps the numpy arrays of
     :class:`SampledBatch` that the packer writes. New source nodes follow the destinations in
-    the order they first appear among the sampled edges.
+    the order they first appear among the sampled edges. ``indices`` may be int32 (4 bytes an
+    edge, :func:`strata.storage.compact.compact_csc`): the batches are the same, bit for bit.
     """
 
     def __init__(self, indptr: np.ndarray, indices: np.ndarray, fanouts: list[int]) -> None:
         self.indptr = np.asarray(indptr, dtype=np.int64)
-        self.indices = np.asarray(indices, dtype=np.int64)
+        indices = np.asarray(indices)
+        # int32 ids (a graph under 2**31 nodes, see strata.storage.compact) are walked as they are: same neighbours
+        self.indices = indices if indices.dtype == np.int32 else indices.astype(np.int64, copy=False)
         self.fanouts = list(fanouts)
         self.sampler = TorchSampler(self.indptr, self.indices, self.fanouts)  # shares the arrays' memory
 
