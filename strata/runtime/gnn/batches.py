@@ -77,7 +77,7 @@ class FullGraphBatches:
 
     def __init__(self, data: NodeData, graph: Block | None = None) -> None:
         self.data = data
-        self.graph = graph_block(data.graph) if graph is None else graph
+        self.graph = (graph_block(data.graph) if graph is None else graph).with_int64_indices()
         """The whole graph, one Block for every step (kernels derive their structures once)."""
         self.train = data.splits["train"]
 
@@ -86,7 +86,7 @@ class FullGraphBatches:
 
     def epoch(self, epoch: int, start: int) -> Iterator[Batch]:
         if start == 0:
-            yield Batch(self.graph, self.data.feat, self.train, self.data.label[self.train])
+            yield Batch(self.graph, self.data.feat, self.train, self.data.label[self.train].to(torch.int64))
 
     def close(self) -> None:
         pass
@@ -99,7 +99,8 @@ def _train_ids(data: NodeData) -> np.ndarray:
 
 def _batch(data: NodeData, blocks: list[Block], x: Tensor, output_nodes: np.ndarray, device_rows: DeviceRows | None = None) -> Batch:
     out = torch.from_numpy(np.ascontiguousarray(output_nodes, dtype=np.int64))
-    return Batch(blocks, x, torch.arange(len(out)), data.label[out], device_rows)
+    # labels may be held in a small type (NodeData.label); the loss takes int64
+    return Batch(blocks, x, torch.arange(len(out)), data.label[out].to(torch.int64), device_rows)
 
 
 def sampled_blocks(sampled: SampledBatch) -> list[Block]:

@@ -12,6 +12,7 @@ from strata.graph.block import Block
 from strata.graph.csc import with_self_loops
 from strata.runtime.config import DataConfig
 from strata.storage import layout
+from strata.storage.compact import compact_csc, compact_labels
 from strata.storage.rows import normalize_rows
 from strata.storage.store import DatasetStore
 
@@ -24,6 +25,8 @@ class NodeData:
     """A :class:`strata.graph.Block` of the whole graph (tests may still hand a DGLGraph)."""
     feat: Tensor
     label: Tensor
+    """(N,) class ids: int64, or a smaller integer type for runs that only sample (see
+    :func:`load_node_data`'s ``compact``): cast to int64 where a loss or comparison takes them."""
     splits: dict[str, Tensor] = field(default_factory=dict)
     num_classes: int = 0
 
@@ -31,10 +34,13 @@ class NodeData:
 def to_block(indptr: np.ndarray, indices: np.ndarray, *, self_loops: bool) -> Block:
     """The whole graph as a Block over its CSC (in-edges grouped by destination); with
     ``self_loops`` exactly one per node, last in its row (the CSC :func:`to_dgl` gives). The
-    arrays were bounds-checked when the store was opened."""
+    arrays were bounds-checked when the store was opened. int32 ``indices`` stay int32: a
+    compact Block, for samplers only (:attr:`strata.graph.block.Block.indices`)."""
+    compact = indices.dtype == np.int32
     if self_loops:
         indptr, indices = with_self_loops(indptr, indices)
-    return Block.from_csc(indptr, indices, check=False)
+        indices = indices.astype(np.int32) if compact else indices
+    return Block.from_csc(indptr, indices, check=False, compact=compact)
 
 
 def to_dgl(indptr: np.ndarray, indices: np.ndarray, num_nodes: int, *, self_loops: bool) -> object:
@@ -51,13 +57,22 @@ def to_dgl(indptr: np.ndarray, indices: np.ndarray, num_nodes: int, *, self_loop
     return graph
 
 
-def load_node_data(cfg: DataConfig, *, self_loops: bool, load_features: bool = True, spill: bool = True) -> NodeData:
+def load_node_data(cfg: DataConfig, *, self_loops: bool, load_features: bool = True, spill: bool = True,
+                   compact: bool | None = None) -> NodeData:
     """The data set in memory; with ``load_features=False`` the features stay out of memory,
     for training whose batches read them from the store: spilled to a memory-mapped file (see
     :func:`spilled_features`) for a full-graph evaluation, or with ``spill=False`` not at all
-    (``feat`` is then (N, 0): a sampled evaluation reads its rows from the store too)."""
+    (``feat`` is then (N, 0): a sampled evaluation reads its rows from the store too).
+
+    ``compact`` (default: ``not spill``, the runs that evaluate on sampled neighbourhoods, where
+    nothing computes over the whole graph) loads the graph's src ids as int32 below 2**31 nodes
+    (a compact Block that samplers walk; kernels take :meth:`Block.with_int64_indices`) and the
+    labels in the smallest integer type that holds the classes (cast to int64 per batch), each
+    read chunk by chunk from the store (:mod:`strata.storage.compact`): 4 bytes an edge and
+    up to 7 a node less than int64."""
     store = DatasetStore.open(cfg.store)
-    indptr, indices = store.csc()
+    compact = not spill if compact is None else compact
+    indptr, indices = compact_csc(store) if compact else store.csc()
     if load_features:
         feat = torch.from_numpy(store.features())
         if cfg.normalize_features:
@@ -69,7 +84,7 @@ def load_node_data(cfg: DataConfig, *, self_loops: bool, load_features: bool = T
     return NodeData(
         graph=to_block(indptr, indices, self_loops=self_loops),
         feat=feat,
-        label=torch.from_numpy(store.labels()),
+        label=torch.from_numpy(compact_labels(store) if compact else store.labels()),
         splits={name: torch.from_numpy(store.split(name)) for name in ("train", "valid", "test")},
         num_classes=store.meta.num_classes,
     )

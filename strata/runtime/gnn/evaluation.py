@@ -17,7 +17,8 @@ with ``train.fanouts`` by the training sampler, the way minibatch training sees 
   evaluations and only the forward passes are repeated.
 
 With several processes each rank scores every world-size-th batch and the sums are all-reduced.
-Memory: the graph's CSC (which training holds already), ``table_bytes`` of rows, one
+Memory: the graph's CSC (which training holds already; int32 src ids below 2**31 nodes, see
+:func:`strata.runtime.gnn.data.load_node_data`), ``table_bytes`` of rows, one
 group's sampled batches and a byte a node to count their distinct inputs. With random node
 ids every group's rows are spread over the whole feature array, so each group costs a read of
 most of it: size ``train.eval_nodes`` and the host budget so that one group holds them all.
@@ -63,10 +64,11 @@ def sampled(cfg: TrainConfig, features: FeaturesConfig | None) -> bool:
 
 
 def eval_nodes(ids: np.ndarray, limit: int, seed: int, split: int) -> np.ndarray:
-    """The nodes of a split that are scored, sorted: all of them, or a seeded sample of ``limit``."""
+    """The nodes of a split that are scored, sorted: all of them (``ids`` itself where it is
+    sorted already, as stores write splits: no second copy), or a seeded sample of ``limit``."""
     ids = np.asarray(ids, dtype=np.int64)
     if not limit or len(ids) <= limit:
-        return np.sort(ids)
+        return ids if len(ids) < 2 or bool((ids[1:] >= ids[:-1]).all()) else np.sort(ids)
     rng = np.random.default_rng(step_seed(seed, EVAL, split))  # batches draw from (split, batch)
     return np.sort(ids[rng.choice(len(ids), size=limit, replace=False)])
 
@@ -145,13 +147,23 @@ class SampledEvaluation:
                     blocks = [block.to(self.device) for block in sampled_blocks(batch)]
                     logits = self.model(blocks, group.table[torch.from_numpy(rows)].to(self.device))
                     label = self.data.label[torch.from_numpy(np.ascontiguousarray(batch.output_nodes, dtype=np.int64))]
-                    loss, right = score_sums(logits, label.to(self.device))
+                    loss, right = score_sums(logits, label.to(self.device, torch.int64))  # labels may be a small type
                     sums[name][0] += loss
                     sums[name][1] += right
                     bar.update(1)
         names = list(self.nodes)
         sizes = {name: len(ids) for name, ids in self.nodes.items()}
         return split_scores(names, [sums[n][0] for n in names], [sums[n][1] for n in names], sizes, self.comm)
+
+
+def keep_scored_nodes(data: NodeData, cfg: TrainConfig) -> None:
+    """Cut ``data``'s valid and test splits, in place, down to the nodes the sampled evaluation
+    scores (:func:`eval_nodes`: it picks the same ones again from what is left). Nothing else
+    reads them in a run scored this way; the training split is kept whole. With every node of
+    a split scored (``eval_nodes`` 0) nothing changes. Call it before the data is shared out."""
+    for i, name in enumerate(SPLITS):
+        if name != "train" and cfg.eval_nodes and name in data.splits and len(data.splits[name]) > cfg.eval_nodes:
+            data.splits[name] = torch.from_numpy(eval_nodes(np.asarray(data.splits[name]), cfg.eval_nodes, cfg.seed, i))
 
 
 def table_bytes(features: FeaturesConfig | None) -> int:

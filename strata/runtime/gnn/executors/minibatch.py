@@ -23,6 +23,7 @@ from strata.graph.block import Block
 from strata.models.gnn import LayeredModel
 from strata.runtime.dist.comm import Comm
 from strata.runtime.dist.replicas import all_reduce_gradients, broadcast_parameters
+from strata.runtime.gnn import evaluation
 from strata.runtime.gnn.batches import Batch, BatchSource, FeatureOptions, FullGraphBatches, make_batches
 from strata.runtime.gnn.data import NodeData
 from strata.runtime.gnn.device_feed import DeviceFeed, placed
@@ -56,14 +57,15 @@ def evaluate_full_graph(model: LayeredModel, data: NodeData, graph: Block | None
     """Loss and accuracy of every split, from one full-graph forward pass over ``graph``
     (``data``'s graph as a Block, on the model's device; built here when not given)."""
     model.eval()
-    graph = graph_block(data.graph) if graph is None else graph
+    graph = graph_block(data.graph).with_int64_indices() if graph is None else graph
     logits = model(graph, data.feat.to(graph.device)).float().cpu()  # (num_nodes, num_classes)
     out = {}
     for name, ids in data.splits.items():
         if len(ids) == 0:
             continue
-        out[f"{name}_loss"] = float(F.cross_entropy(logits[ids], data.label[ids]))
-        out[f"{name}_acc"] = float((logits[ids].argmax(1) == data.label[ids]).float().mean())
+        label = data.label[ids].to(torch.int64)
+        out[f"{name}_loss"] = float(F.cross_entropy(logits[ids], label))
+        out[f"{name}_acc"] = float((logits[ids].argmax(1) == label).float().mean())
     return out
 
 
@@ -81,14 +83,29 @@ class DataParallelExecutor:
         self.comm = comm
         self.optimizer = optimizer
         self.device = device
-        whole = batches.graph if isinstance(batches, FullGraphBatches) else graph_block(data.graph)
-        self.graph = whole.to(device)
-        """The whole graph on the device, for evaluation and full-graph steps: moved once, so
-        kernels derive their structures once."""
-        self._whole = whole
+        self._whole: Block | None = batches.graph if isinstance(batches, FullGraphBatches) else None
+        """The whole graph on the host: the full-graph steps' Block, else taken from ``data`` on first use."""
+        self._graph: Block | None = None
         self.feed = DeviceFeed(torch.device(device))
         """Sampled batches to the device, each copied while the one before it trains."""
         broadcast_parameters(self.model, comm)
+
+    @property
+    def whole(self) -> Block:
+        """The whole graph on the host (possibly compact: int32 indices, for sampling)."""
+        if self._whole is None:
+            self._whole = graph_block(self.data.graph)
+        return self._whole
+
+    @property
+    def graph(self) -> Block:
+        """The whole graph on the device with int64 indices, for full-graph steps and the
+        full-graph evaluation: built and moved on first use, then kept, so kernels derive their
+        structures once. A run that only samples (a packed run scored by the sampled
+        evaluation) never builds it: no int64 copy of a compact graph, nothing moved to a GPU."""
+        if self._graph is None:
+            self._graph = self.whole.with_int64_indices().to(self.device)
+        return self._graph
 
     def steps_per_epoch(self) -> int:
         return self.batches.steps_per_epoch()
@@ -104,7 +121,7 @@ class DataParallelExecutor:
         if isinstance(graphs, list):
             graphs = [b.to(self.device) for b in graphs]
         else:
-            graphs = self.graph if graphs is self._whole else graphs.to(self.device)
+            graphs = self.graph if graphs is self._whole else graphs.to(self.device)  # a full-graph step: the one kept
         logits = self.model(graphs, batch.x.to(self.device))
         loss = F.cross_entropy(logits[batch.seeds].float(), batch.y.to(self.device))
         (loss * scale).backward()
@@ -149,10 +166,10 @@ class DataParallelExecutor:
 
     def _logits(self, seeds: Tensor) -> tuple[Tensor, Tensor]:
         """Exact logits of ``seeds`` from their full L-hop neighbourhood.  (len(seeds), classes)"""
-        input_nodes, blocks = full_neighbourhood_blocks(self._whole, seeds, self.model.num_graph_layers)
+        input_nodes, blocks = full_neighbourhood_blocks(self.whole, seeds, self.model.num_graph_layers)
         x = self.data.feat[input_nodes]
         logits = self.model([b.to(self.device) for b in blocks], x.to(self.device))
-        return logits, self.data.label[seeds].to(self.device)
+        return logits, self.data.label[seeds].to(self.device, torch.int64)
 
 
 def build(ctx: BuildContext) -> DataParallelExecutor:
@@ -162,6 +179,8 @@ def build(ctx: BuildContext) -> DataParallelExecutor:
     of the data."""
     cfg, comm = ctx.train, ctx.comm
     data = ctx.load_data()
+    if evaluation.sampled(cfg, ctx.features):
+        evaluation.keep_scored_nodes(data, cfg)  # before rank_data shares the splits out
     options = FeatureOptions.of_job(ctx.features, ctx.data_cfg, ctx.model.self_loops)
     if options is not None:
         options.device = torch.device(ctx.device)  # a GPU's device tier holds the hottest rows
