@@ -121,3 +121,17 @@ def test_a_store_with_more_classes_than_int8_holds(tmp_path) -> None:
         read_as(s, layout.LABEL, np.int8)
     batch = next(iter(SampledBatches(data, TrainConfig(executor="minibatch", fanouts=[3], batch_size=64), 1).epoch(0, 0)))
     assert batch.y.dtype == torch.int64 and batch.y.tolist() == label[batch.graphs[-1].dst_ids.numpy()].tolist()
+
+
+def test_valid_and_test_are_cut_to_the_nodes_the_sampled_evaluation_scores(store: str) -> None:
+    from strata.runtime.gnn import evaluation
+
+    data = load_node_data(DataConfig(store=store), self_loops=False, spill=False)
+    cfg = TrainConfig(executor="minibatch", eval_nodes=100, seed=5)
+    full = {name: ids.numpy().copy() for name, ids in data.splits.items()}
+    picked = {name: evaluation.eval_nodes(ids, 100, 5, i) for i, (name, ids) in enumerate(full.items())}
+    evaluation.keep_scored_nodes(data, cfg)
+    assert len(data.splits["train"]) == len(full["train"]) > 100  # training keeps every seed
+    for i, name in enumerate(("valid", "test")):
+        assert np.array_equal(data.splits[name].numpy(), picked[name])
+        assert np.array_equal(evaluation.eval_nodes(data.splits[name].numpy(), 100, 5, i + 1), picked[name])  # the same again
