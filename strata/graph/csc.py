@@ -71,18 +71,20 @@ def with_self_loops(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray
     equal), so training on the DGL graph and on these arrays walks the same edges.
     """
     indptr = np.asarray(indptr, dtype=np.int64)
-    indices = np.asarray(indices, dtype=np.int64)
+    indices = np.asarray(indices)
+    if indices.dtype != np.int32:  # int32 src ids (a compact graph) stay int32
+        indices = indices.astype(np.int64, copy=False)
     n = len(indptr) - 1
     dst = edge_dst(indptr)
     keep = indices != dst
     counts = np.bincount(dst[keep], minlength=n) + 1
     new_indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=new_indptr[1:])
-    new_indices = np.empty(new_indptr[-1], dtype=np.int64)
+    new_indices = np.empty(new_indptr[-1], dtype=indices.dtype)
     loop_at = new_indptr[1:] - 1
     is_loop = np.zeros(len(new_indices), dtype=bool)
     is_loop[loop_at] = True
-    new_indices[loop_at] = np.arange(n, dtype=np.int64)
+    new_indices[loop_at] = np.arange(n, dtype=indices.dtype)
     new_indices[~is_loop] = indices[keep]
     return new_indptr, new_indices
 

@@ -61,3 +61,16 @@ def test_self_loops_and_graph_csc_match_dgl() -> None:
     loops_indptr, loops_indices = with_self_loops(indptr, indices)
     assert (np.diff(loops_indptr) >= 1).all() and (loops_indices[loops_indptr[1:] - 1] == np.arange(n)).all()
     assert ((loops_indices == edge_dst(loops_indptr)).sum()) == n
+
+
+def test_self_loops_keep_a_compact_graph_int32_with_the_same_edges() -> None:
+    rng = np.random.default_rng(3)
+    n = 300
+    indptr = np.concatenate([[0], np.cumsum(rng.integers(0, 9, n))]).astype(np.int64)
+    indices = rng.integers(0, n, int(indptr[-1])).astype(np.int64)
+    indices[indptr[:-1][indptr[1:] > indptr[:-1]]] = np.flatnonzero(indptr[1:] > indptr[:-1])  # some loops already there
+    wide = with_self_loops(indptr, indices)
+    narrow = with_self_loops(indptr, indices.astype(np.int32))
+    assert narrow[1].dtype == np.int32 and wide[1].dtype == np.int64
+    np.testing.assert_array_equal(narrow[0], wide[0])
+    np.testing.assert_array_equal(narrow[1], wide[1])

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from strata.errors import PackError
 from strata.graph.csc import with_self_loops
 from strata.storage import fs
+from strata.storage.compact import compact_csc
 from strata.storage.featstore import format as fmt
 from strata.storage.featstore.config import FeaturesConfig
 from strata.storage.featstore.sampling import (
@@ -182,7 +183,7 @@ class Packer:
     # -- phase 1: sample -------------------------------------------------------------------
 
     def _sample_all(self) -> tuple[np.ndarray, int, int]:
-        indptr, indices = self.store.csc()
+        indptr, indices = compact_csc(self.store)  # int32 src ids under 2**31 nodes: 4 bytes an edge less
         if self.sampler_cfg.self_loops:  # as online training's DGL graph has them
             indptr, indices = with_self_loops(indptr, indices)
         sampler = NeighbourSampler(indptr, indices, self.sampler_cfg.fanouts)
