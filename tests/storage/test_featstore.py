@@ -171,6 +171,26 @@ def _segment_file(url: str, epoch: int = 0, group: int = 0) -> tuple[str, fmt.Gr
     return fs.join(gdir, fmt.FEAT), fmt.GroupIndex.from_json(fs.read_text(fs.join(gdir, fmt.FEAT_MARKER)), gdir)
 
 
+def test_groups_packed_in_one_pass_equal_groups_packed_one_by_one(syn_store: str) -> None:
+    """Several groups share one read of the feature array (a window up to the host budget):
+    the segments are byte for byte those of a pack that reads once per group, and fewer bytes
+    are read."""
+    budget = _budget(syn_store, SAMPLER, 50)
+    one_by_one = pack(syn_store, SAMPLER, 2, "memory://strata-pack-narrow", host_cache_bytes=budget, group_size=2,
+                      window_bytes=1, progress=False)
+    together = pack(syn_store, SAMPLER, 2, "memory://strata-pack-wide", host_cache_bytes=budget, group_size=2, progress=False)
+    groups = one_by_one.manifest.groups_per_epoch()
+    assert groups >= 3
+    for epoch in range(2):
+        for group in range(groups):
+            (a, index_a), (b, index_b) = _segment_file(one_by_one.url, epoch, group), _segment_file(together.url, epoch, group)
+            assert fs.read_bytes(a) == fs.read_bytes(b) and index_a.to_json() == index_b.to_json()
+    assert together.summary.packed_rows == one_by_one.summary.packed_rows
+    assert together.summary.bytes_read < one_by_one.summary.bytes_read / 2, (together.summary, one_by_one.summary)
+    fs.remove(one_by_one.url)
+    fs.remove(together.url)
+
+
 def test_truncated_or_corrupt_segment_never_yields_a_batch(syn_store: str) -> None:
     budget = _budget(syn_store, SAMPLER, 0)
     url = pack(syn_store, SAMPLER, 1, host_cache_bytes=budget, group_size=2, progress=False).url

@@ -7,10 +7,12 @@ Three phases, each resumable (format in :mod:`strata.storage.featstore.format`):
 2. hot: the most-accessed nodes that fit the host-cache budget become the hot set; their
    rows are written once to ``hot/``.
 3. pack: for each group, the ids its steps need that are not hot are sorted and read from
-   the store's feature array in chunk runs (large sequential reads, never row by row), then
-   each step's rows are written as one segment, in input-node order, in training order.
+   the store's feature array in chunk runs (large sequential reads, never row by row), as
+   many groups to one pass as the host budget holds, then each step's rows are written as
+   one segment, in input-node order, in training order.
 
-Memory: the graph (CSC), one int64 counter per node, the hot rows, and one group's rows.
+Memory: the graph (CSC), one int64 counter per node, the hot rows, then the rows of a window
+of groups (up to the host budget).
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ class Packer:
         host_cache_bytes: int = FeaturesConfig.host_cache_bytes,
         group_size: int = 32,
         max_read_bytes: int = FeaturesConfig.max_read_bytes,
+        window_bytes: int = 0,
         overwrite: bool = False,
         progress: bool = True,
     ) -> None:
@@ -110,6 +113,8 @@ class Packer:
             store=self.store.url,
             created=time.time(),
         )
+        self.window_bytes = window_bytes or host_cache_bytes
+        """Rows of non-hot features read in one pass for several groups (default: the host budget)."""
         self.overwrite = overwrite
         self.progress = progress
         self.bytes_written = 0
@@ -275,51 +280,98 @@ class Packer:
     # -- phase 3: pack ---------------------------------------------------------------------
 
     def _pack_all(self, hot: np.ndarray) -> tuple[int, int, int]:
-        packed = max_segment = resumed = 0
-        for epoch, group in tqdm(self._groups(), desc="pack", unit="group", disable=not self.progress):
-            gdir = fs.join(self.url, fmt.group_name(epoch, group))
-            done = read_marker(fs.join(gdir, fmt.FEAT_MARKER))
-            if done is not None:
-                index = fmt.GroupIndex.from_json(done, gdir)
-                fsys, path = fs.get_fs(fs.join(gdir, fmt.FEAT))
-                if fsys.exists(path) and fsys.size(path) == index.file_bytes():
-                    resumed += 1
-                    packed += sum(e.rows for e in index.entries)
-                    max_segment = max([max_segment] + [e.rows for e in index.entries])
-                    continue
-            records = self._read_records(epoch, group)
-            if records is None:
-                raise PackError(f"group {gdir} lost its block records during packing; re-run 'strata pack --overwrite'")
-            index = self._write_segments(epoch, group, gdir, records, hot)
-            packed += sum(e.rows for e in index.entries)
-            max_segment = max([max_segment] + [e.rows for e in index.entries])
-        return packed, max_segment, resumed
+        """Pack every group not packed yet, several groups to one pass over the feature array.
 
-    def _write_segments(
-        self, epoch: int, group: int, gdir: str, records: list[SampledBatch], hot: np.ndarray
-    ) -> fmt.GroupIndex:
-        """Write the group's segments; ``hot`` are the hot ids, hottest first."""
+        A group's rows are scattered over the whole array, so reading them costs a pass over
+        nearly every chunk: at 64M nodes a pass per group read 427 GiB to pack 6 GiB. Groups are
+        therefore gathered together while their rows fit the host budget (free once the hot rows
+        are written), and each window of groups reads its chunks once.
+        """
         order = np.argsort(hot, kind="stable")
         hot_sorted = hot[order]
-        ranks = [_hot_rank(b.input_nodes, hot_sorted, order) for b in records]
-        wanted = [b.input_nodes[r < 0] for b, r in zip(records, ranks)]
-        union = sorted_unique(np.concatenate(wanted)) if wanted else np.empty(0, np.int64)
+        window_rows = max(1, self.window_bytes // self.rows.row_bytes)
+        indices: list[fmt.GroupIndex] = []
+        resumed = 0
+        window: list[_PendingGroup] = []
+        with tqdm(total=len(self._groups()), desc="pack", unit="group", disable=not self.progress) as bar:
+            for epoch, group in self._groups():
+                gdir = fs.join(self.url, fmt.group_name(epoch, group))
+                index = self._packed_index(gdir)
+                if index is None:
+                    records = self._read_records(epoch, group)
+                    if records is None:
+                        raise PackError(f"group {gdir} lost its block records during packing; re-run 'strata pack --overwrite'")
+                    pending = _PendingGroup.of(epoch, group, gdir, records, hot_sorted, order)
+                    if window and sum(len(w.union) for w in window) + len(pending.union) > window_rows:
+                        indices += self._write_window(window, bar)
+                        window = []
+                    window.append(pending)
+                    continue
+                resumed += 1
+                indices.append(index)
+                bar.update()
+            indices += self._write_window(window, bar)
+        segments = [e.rows for index in indices for e in index.entries]
+        return sum(segments), max(segments, default=0), resumed
+
+    def _packed_index(self, gdir: str) -> fmt.GroupIndex | None:
+        """The index of a group an earlier run packed completely, else None."""
+        done = read_marker(fs.join(gdir, fmt.FEAT_MARKER))
+        if done is None:
+            return None
+        index = fmt.GroupIndex.from_json(done, gdir)
+        fsys, path = fs.get_fs(fs.join(gdir, fmt.FEAT))
+        return index if fsys.exists(path) and fsys.size(path) == index.file_bytes() else None
+
+    def _write_window(self, window: list[_PendingGroup], bar: tqdm) -> list[fmt.GroupIndex]:
+        """Read the rows of every group of ``window`` in one pass, then write each group."""
+        if not window:
+            return []
+        union = sorted_unique(np.concatenate([w.union for w in window]))
         rows = self.rows.gather_sorted(union)  # (len(union), F), read in chunk runs
         self.bytes_read += sum(stop - start for start, stop in self.rows.runs(union)) * self.rows.row_bytes
+        indices = []
+        for pending in window:
+            indices.append(self._write_segments(pending, union, rows))
+            bar.update()
+        return indices
+
+    def _write_segments(self, pending: _PendingGroup, union: np.ndarray, rows: np.ndarray) -> fmt.GroupIndex:
+        """Write one group's segments, each step's rows taken from ``rows`` (those of ``union``)."""
         index = fmt.GroupIndex()
-        fsys, path = fs.get_fs(fs.join(gdir, fmt.FEAT))
-        fsys.makedirs(fs.get_fs(gdir)[1], exist_ok=True)
+        fsys, path = fs.get_fs(fs.join(pending.gdir, fmt.FEAT))
+        fsys.makedirs(fs.get_fs(pending.gdir)[1], exist_ok=True)
         offset = 0
         with fsys.open(path, "wb") as out:
-            for step, ids, rank in zip(self.manifest.group_steps(group), wanted, ranks):
-                pieces, length, crc = fmt.encode_segment(epoch, step, rank, rows[np.searchsorted(union, ids)])
+            for step, ids, rank in zip(self.manifest.group_steps(pending.group), pending.wanted, pending.ranks):
+                pieces, length, crc = fmt.encode_segment(pending.epoch, step, rank, rows[np.searchsorted(union, ids)])
                 for piece in pieces:
                     out.write(piece)
                 index.entries.append(fmt.Entry(offset, length, crc, len(ids)))
                 offset += length
-        fs.write_text(fs.join(gdir, fmt.FEAT_MARKER), index.to_json())
+        fs.write_text(fs.join(pending.gdir, fmt.FEAT_MARKER), index.to_json())
         self.bytes_written += offset
         return index
+
+
+@dataclass
+class _PendingGroup:
+    """A group to pack: its steps' non-hot input ids (``wanted``), their union and hot ranks."""
+
+    epoch: int
+    group: int
+    gdir: str
+    ranks: list[np.ndarray]
+    wanted: list[np.ndarray]
+    union: np.ndarray
+
+    @classmethod
+    def of(cls, epoch: int, group: int, gdir: str, records: list[SampledBatch], hot_sorted: np.ndarray,
+           order: np.ndarray) -> _PendingGroup:
+        ranks = [_hot_rank(b.input_nodes, hot_sorted, order) for b in records]
+        wanted = [b.input_nodes[r < 0] for b, r in zip(records, ranks)]
+        union = sorted_unique(np.concatenate(wanted)) if wanted else np.empty(0, np.int64)
+        return cls(epoch, group, gdir, ranks, wanted, union)
 
 
 def _hot_rank(nodes: np.ndarray, hot_sorted: np.ndarray, order: np.ndarray) -> np.ndarray:
