@@ -152,7 +152,8 @@ class TorchSampler:
                 picked = floyd_sample(degrees.index_select(0, big), fanout, generator)  # (num_big, fanout)
                 slots = out_indptr.index_select(0, big).unsqueeze(1) + torch.arange(fanout, device=self.device)
                 edge_pos[slots.view(-1)] = (picked + starts.index_select(0, big).unsqueeze(1)).view(-1)
-        return out_indptr, self.indices.index_select(0, edge_pos).to(torch.int64)
+        src = self.indices.index_select(0, edge_pos)
+        return out_indptr, src if src.dtype == torch.int64 else src.to(torch.int64)
 
     @staticmethod
     def _relabel(node_map: Tensor, src: Tensor, num_known: int) -> tuple[Tensor, Tensor]:
