@@ -125,11 +125,15 @@ def budgets(args: argparse.Namespace, nodes: int, edges: int) -> dict[str, int]:
       1.28M to 6.4M nodes), the access counts (8 B a node), the host-cache budget and one group's rows (the
       union of 32 steps' inputs and a segment being written: up to 1.25 x 32 batches), and
       a read of the feature array (zarr holds compressed and decoded chunks: 3 x 32 MiB).
-    * train: the CSC the evaluation's sampler walks (8 B an edge + 8 B a node, 4.6 GiB at full
-      size), labels and splits (16 B a node), the sampler's node map (4 B a node), the host
-      budget, the sampled evaluation's rows (a quarter of the host budget, at least 64 MiB) and
-      one evaluation batch's forward pass. Measured 1.02 GiB at 1.28M nodes and 1.60 GiB at
-      6.4M (host budget ~192 MiB): ~8 B an edge + ~30 B a node.
+    * train: the CSC the evaluation's sampler walks, held compact (int32 src ids: 4 B an edge,
+      1.9 GiB at full size; the int64 row pointer, 8 B a node), the labels in int8 (1 B a node),
+      the training split (the valid and test splits cut to the evaluated nodes), the sampler's
+      node map (4 B a node) and the evaluation's input marks (1 B a node), the host budget, the
+      sampled evaluation's rows (a quarter of the host budget, at least 64 MiB) and one
+      evaluation batch's forward pass; the packed batches need no graph. Measured from 1.28M to
+      6.4M nodes (16 features, host budget 192 MiB): 62 B an added node with its ~8 edges
+      (int64 ids, labels and splits before: 114 B), ~16 B a node of it zarr's read buffers and
+      the allocator's retained blocks.
     """
     import numpy as np
 
@@ -147,7 +151,7 @@ def budgets(args: argparse.Namespace, nodes: int, edges: int) -> dict[str, int]:
         "ingest": base + 40 * nodes + (320 << 20) * min(nodes, 65_536) // 65_536,
         "partition": base + (25 + args.parts + 48 // args.parts) * nodes + 80 * min(edges, 1 << 22),
         "pack": base + 24 * nodes + 10 * edges + host + group_rows * args.feat_dim * 5 + reads,
-        "train": base + host + max(64 << 20, host // 4) + reads + 8 * edges + 32 * nodes + eval_batch,
+        "train": base + host + max(64 << 20, host // 4) + reads + 4 * edges + 32 * nodes + eval_batch,
     }
 
 
