@@ -135,3 +135,27 @@ def test_valid_and_test_are_cut_to_the_nodes_the_sampled_evaluation_scores(store
     for i, name in enumerate(("valid", "test")):
         assert np.array_equal(data.splits[name].numpy(), picked[name])
         assert np.array_equal(evaluation.eval_nodes(data.splits[name].numpy(), 100, 5, i + 1), picked[name])  # the same again
+
+
+def test_the_executor_builds_its_whole_graph_only_when_a_full_graph_evaluation_asks(store: str) -> None:
+    from strata.models.config import ModelConfig
+    from strata.models.gnn import build_gnn
+    from strata.runtime.dist.comm import Comm
+    from strata.runtime.gnn.batches import make_batches
+    from strata.runtime.gnn.executors.minibatch import DataParallelExecutor
+    from strata.runtime.loop import train_step
+
+    cfg = TrainConfig(executor="minibatch", fanouts=[4, 3], batch_size=256, seed=2)
+    runs = []
+    for compact in (False, True):
+        data = load_node_data(DataConfig(store=store), self_loops=False, compact=compact)
+        torch.manual_seed(0)
+        model = build_gnn(ModelConfig(name="sage", hidden=16, num_layers=2, dropout=0.0), data.feat.shape[1], data.num_classes)
+        executor = DataParallelExecutor("minibatch", model, data, make_batches(data, cfg, 2), Comm(0, 1),
+                                        torch.optim.Adam(model.parameters(), lr=0.01))
+        losses = [train_step(executor, [batch], comm=Comm(0, 1)).loss for batch in executor.epoch(0, 0)]
+        assert executor._graph is None  # sampled steps need no whole-graph Block
+        scores = executor.evaluate()  # the full-graph evaluation takes the int64 copy
+        assert executor.graph.indices.dtype == torch.int64 and executor.whole.is_compact == compact
+        runs.append((losses, scores))
+    assert runs[0] == runs[1]
