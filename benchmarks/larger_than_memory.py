@@ -130,10 +130,10 @@ def budgets(args: argparse.Namespace, nodes: int, edges: int) -> dict[str, int]:
       the training split (the valid and test splits cut to the evaluated nodes), the sampler's
       node map (4 B a node) and the evaluation's input marks (1 B a node), the host budget, the
       sampled evaluation's rows (a quarter of the host budget, at least 64 MiB) and one
-      evaluation batch's forward pass; the packed batches need no graph. Measured from 1.28M to
-      6.4M nodes (16 features, host budget 192 MiB): 62 B an added node with its ~8 edges
-      (int64 ids, labels and splits before: 114 B), ~16 B a node of it zarr's read buffers and
-      the allocator's retained blocks.
+      evaluation batch's forward pass; the packed batches need no graph. Measured 1.01 GiB at
+      1.28M nodes and 1.29-1.31 GiB at 6.4M (host budget ~192 MiB): 61 B an added node with its
+      ~8 edges (int64 ids, labels and splits before: 112 B), ~15 B a node of it zarr's read
+      buffers and the allocator's retained blocks.
     """
     import numpy as np
 
