@@ -121,10 +121,14 @@ def budgets(args: argparse.Namespace, nodes: int, edges: int) -> dict[str, int]:
       row pointer, the assignment, a byte of halo marks per node and part, the rings (8 B a
       halo node, replication under 2 for fennel), one part's id map and local rows) and one
       chunk of 4M edges (~80 B an edge): the build streams the edges, the assignment is O(N).
-    * pack: the CSC the sampler walks (8 B an edge + 8 B a node; measured ~8 B an edge from
-      1.28M to 6.4M nodes), the access counts (8 B a node), the host-cache budget and one group's rows (the
-      union of 32 steps' inputs and a segment being written: up to 1.25 x 32 batches), and
-      a read of the feature array (zarr holds compressed and decoded chunks: 3 x 32 MiB).
+      4 B a node more than the build's own estimate: the full-size run peaked at 3.40 GiB.
+    * pack: the access counts (8 B a node) throughout; while sampling, the CSC the sampler walks
+      (int32 src ids: 4 B an edge, 8 B a node, and the batches' records: 6 B an edge in all);
+      then, once the CSC is freed, the hot rows twice (read in id order, then reordered: 2 x the
+      host budget), later a window of groups' rows (up to the host budget) and one group's
+      segments being written (up to 1.25 x 32 batches); a read of the feature array (zarr holds
+      compressed and decoded chunks: 3 x 32 MiB). Measured at full size: 4.87 GiB (2 GB host
+      budget), the hot-set phase.
     * train: the CSC the evaluation's sampler walks, held compact (int32 src ids: 4 B an edge,
       1.9 GiB at full size; the int64 row pointer, 8 B a node), the labels in int8 (1 B a node),
       the training split (the valid and test splits cut to the evaluated nodes), the sampler's
@@ -149,8 +153,8 @@ def budgets(args: argparse.Namespace, nodes: int, edges: int) -> dict[str, int]:
     eval_batch = min(nodes, args.batch_size * int(np.prod([1 + f for f in fanouts]))) * (args.feat_dim + 2 * args.hidden) * 8
     return {
         "ingest": base + 40 * nodes + (320 << 20) * min(nodes, 65_536) // 65_536,
-        "partition": base + (25 + args.parts + 48 // args.parts) * nodes + 80 * min(edges, 1 << 22),
-        "pack": base + 24 * nodes + 10 * edges + host + group_rows * args.feat_dim * 5 + reads,
+        "partition": base + (29 + args.parts + 48 // args.parts) * nodes + 80 * min(edges, 1 << 22),
+        "pack": base + 16 * nodes + max(6 * edges, 2 * host) + group_rows * args.feat_dim * 5 + reads,
         "train": base + host + max(64 << 20, host // 4) + reads + 4 * edges + 32 * nodes + eval_batch,
     }
 
