@@ -10,7 +10,8 @@ Memory: the host cache and the batches in flight stay within ``host_cache_bytes`
 (:meth:`FeaturesConfig.cache_rows` sizes the cache to what the in-flight batches leave).
 Peak RSS of training is at most that budget plus a fixed overhead: the process before the
 store is opened (interpreter, torch, DGL; ~0.3 GiB), the graph topology and labels the
-trainer keeps (8 (N + 1 + E) + 8 N bytes), 32 MiB of allocator and per-batch object slack,
+trainer keeps (a compact graph under 2**31 nodes: 8 (N + 1) + 4 E bytes, and labels in the
+smallest integer type, 1 B a node under 128 classes; see :mod:`strata.storage.compact`), 32 MiB of allocator and per-batch object slack,
 and, only while the fall-back tier is used, up to 3 x ``max_read_bytes`` per worker (zarr
 holds a read's compressed and decoded chunks at once). Measured by
 ``benchmarks/ooc_features.py`` (2M x 128 features, 256 MiB budget): packed +273.6 MiB over
