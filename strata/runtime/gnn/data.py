@@ -38,8 +38,7 @@ def to_block(indptr: np.ndarray, indices: np.ndarray, *, self_loops: bool) -> Bl
     compact Block, for samplers only (:attr:`strata.graph.block.Block.indices`)."""
     compact = indices.dtype == np.int32
     if self_loops:
-        indptr, indices = with_self_loops(indptr, indices)
-        indices = indices.astype(np.int32, copy=False) if compact else indices  # with_self_loops keeps int32
+        indptr, indices = with_self_loops(indptr, indices)  # keeps int32 ids int32
     return Block.from_csc(indptr, indices, check=False, compact=compact)
 
 
