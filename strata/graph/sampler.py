@@ -196,13 +196,11 @@ def floyd_sample(degrees: Tensor, k: int, generator: torch.Generator) -> Tensor:
     device = degrees.device
     uniform = torch.rand((len(degrees), k), generator=generator, dtype=torch.float64, device=generator.device)
     uniform = uniform.to(device)
-    chosen = torch.empty((len(degrees), k), dtype=torch.int64, device=device)
-    for i in range(k):
-        upper = degrees - (k - i)  # (rows,) the largest position column i may take
-        t = (uniform[:, i] * (upper + 1)).to(torch.int64).minimum(upper)
-        if i:
-            t = torch.where((chosen[:, :i] == t.unsqueeze(1)).any(dim=1), upper, t)
-        chosen[:, i] = t
+    upper = degrees.unsqueeze(1) - torch.arange(k, 0, -1, device=device)  # (rows, k) the largest position of each column
+    chosen = (uniform * (upper + 1)).to(torch.int64).minimum(upper)  # every column's draw t at once
+    for i in range(1, k):
+        drawn_before = (chosen[:, :i] == chosen[:, i : i + 1]).any(dim=1)
+        chosen[:, i] = torch.where(drawn_before, upper[:, i], chosen[:, i])
     return chosen.sort(dim=1).values
 
 
