@@ -19,6 +19,7 @@ import numpy as np
 from torch import Tensor
 
 from strata.storage import layout
+from strata.storage.sorted_unique import sorted_unique
 from strata.storage.store import DatasetStore
 
 
@@ -72,7 +73,7 @@ class ChunkedRows:
 
     def runs(self, sorted_ids: np.ndarray) -> list[tuple[int, int]]:
         """[start, stop) row ranges that cover ``sorted_ids``: neighbouring chunks merged."""
-        chunks = np.unique(np.asarray(sorted_ids, dtype=np.int64) // self.chunk_rows)
+        chunks = sorted_unique(np.asarray(sorted_ids, dtype=np.int64) // self.chunk_rows)
         return [(first * self.chunk_rows, min(stop * self.chunk_rows, self.num_rows)) for first, stop in self._chunk_runs(chunks)]
 
     def gather(self, ids: np.ndarray) -> tuple[np.ndarray, int]:
@@ -89,7 +90,7 @@ class ChunkedRows:
     def _gather_sorted(self, unique: np.ndarray) -> tuple[np.ndarray, int]:
         """(rows of sorted, unique ``unique``, bytes read from storage for them)."""
         out = np.empty((len(unique), *self.row_shape), dtype=self.dtype)
-        chunks = np.unique(unique // self.chunk_rows)
+        chunks = sorted_unique(unique // self.chunk_rows)
         read = 0
         for first, stop, block, nbytes in self._blocks(chunks):
             start = first * self.chunk_rows

@@ -14,6 +14,7 @@ from torch import Tensor
 
 from strata.graph.block import Block
 from strata.graph.csc import edge_ranges
+from strata.storage.sorted_unique import sorted_unique
 
 
 def graph_block(graph: object) -> Block:
@@ -63,7 +64,7 @@ def full_neighbourhood_blocks(graph: Block, seeds: Tensor, num_layers: int) -> t
         offsets, edge_ids = edge_ranges(indptr, dst)
         sources = indices[edge_ids]  # (E,) global src ids
         local[dst] = np.arange(len(dst))
-        new = np.unique(sources[local[sources] < 0])
+        new = sorted_unique(sources[local[sources] < 0])
         local[new] = len(dst) + np.arange(len(new))
         src = np.concatenate([dst, new])
         src_t, dst_t = torch.from_numpy(src), torch.from_numpy(dst)

@@ -36,6 +36,7 @@ import numpy as np
 from strata.errors import ConfigError
 from strata.graph.csc import edge_ranges, induced_subgraph
 from strata.runtime.gnn.executors.partition import LocalPartition, local_partition
+from strata.storage.sorted_unique import sorted_unique
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ def _unit(
     block_pos = np.full(len(table_ids), -1, dtype=np.int64)
     block_pos[dst_rows] = np.arange(len(dst_rows))
     block_pos[recv_rows] = len(dst_rows) + np.arange(len(recv_rows))
-    stale_rows = np.unique(sources[block_pos[sources] < 0])
+    stale_rows = sorted_unique(sources[block_pos[sources] < 0])
     block_pos[stale_rows] = len(dst_rows) + len(recv_rows) + np.arange(len(stale_rows))
     return UnitPlan(
         dst=gp.owned[dst_rows],
